@@ -1,0 +1,146 @@
+"""The policy language: typed structs that a YAML policy file is validated into.
+
+The platform team edits YAML only; everything the gateway does with targets, public model names,
+tenants and limits is read from these objects. Unknown keys are errors (a typo must never be
+silently ignored), and every struct is frozen so a loaded policy can be swapped atomically.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+NonNegFloat = Annotated[float, Meta(ge=0)]
+PosFloat = Annotated[float, Meta(gt=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")]
+Sha256Hex = Annotated[str, Meta(pattern=r"^(sha256:)?[0-9a-f]{64}$")]
+
+
+class _Spec(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class Pricing(_Spec):
+    """USD per million tokens. `cached_input` defaults to `input` when the provider has no discount."""
+
+    input: NonNegFloat = 0.0
+    cached_input: NonNegFloat | None = None
+    output: NonNegFloat = 0.0
+
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+        cached_rate = self.input if self.cached_input is None else self.cached_input
+        uncached = max(0, prompt_tokens - cached_tokens)
+        return (uncached * self.input + cached_tokens * cached_rate + completion_tokens * self.output) / 1e6
+
+
+class TimeoutSpec(_Spec):
+    connect: PosFloat = 5.0
+    first_token: PosFloat = 60.0
+    total: PosFloat = 600.0
+
+
+class EmbeddedEngine(_Spec):
+    """The bundled engine, run inside the gateway process (the embedded default)."""
+
+    model_dir: str | None = None  # None: build the tiny demo model into the cache folder
+    max_num_seqs: PosInt = 32
+    max_model_len: PosInt = 2048
+    num_blocks: PosInt | None = None
+
+
+class TargetSpec(_Spec):
+    """One upstream: a provider kind, an upstream model, where it lives and what it costs."""
+
+    provider: Literal["openai", "azure", "anthropic", "selfhost"]
+    model: Name
+    base_url: str | None = None
+    # Several replicas of one self-hosted target (balanced by load and prefix affinity).
+    endpoints: list[str] = []
+    api_key_env: str | None = None
+    api_version: str | None = None  # Azure OpenAI only
+    headers: dict[str, str] = {}
+    pricing: Pricing = Pricing()
+    # Self-hosted cost: GPU $/hour and the tokens/s one replica sustains give a per-token price.
+    gpu_hourly_usd: NonNegFloat | None = None
+    tokens_per_second: PosFloat | None = None
+    timeouts: TimeoutSpec = TimeoutSpec()
+    context_window: PosInt | None = None
+    max_output_tokens: PosInt | None = None
+    embedded: EmbeddedEngine | None = None
+
+    def effective_pricing(self) -> Pricing:
+        """Self-hosted targets are priced from GPU time so cost comparisons stay honest."""
+        if self.gpu_hourly_usd is not None and self.tokens_per_second:
+            per_million = self.gpu_hourly_usd / 3600.0 / self.tokens_per_second * 1e6
+            return Pricing(input=per_million / 4, cached_input=0.0, output=per_million)
+        return self.pricing
+
+
+class ModelSpec(_Spec):
+    """A public model name callers use; `targets` are tried in order (primary, then fallbacks)."""
+
+    targets: Annotated[list[Name], Meta(min_length=1)]
+    description: str = ""
+    max_tokens: PosInt | None = None  # cap on max_tokens / max_completion_tokens for this model
+    default_max_tokens: PosInt | None = None
+
+
+class TenantLimits(_Spec):
+    requests_per_minute: PosInt | None = None
+    tokens_per_minute: PosInt | None = None
+    concurrent_requests: PosInt | None = None
+    tokens_per_day: PosInt | None = None
+    tokens_per_month: PosInt | None = None
+    usd_per_month: NonNegFloat | None = None
+
+
+class TenantSpec(_Spec):
+    keys: list[Sha256Hex] = []
+    revoked_keys: list[Sha256Hex] = []
+    tier: Name = "standard"
+    allowed_models: list[Name] | None = None  # None: every public model
+    limits: TenantLimits = TenantLimits()
+    model_limits: dict[Name, TenantLimits] = {}
+
+
+class Limits(_Spec):
+    """Admission bounds: checked before any work, so a hostile request costs almost nothing."""
+
+    max_body_bytes: PosInt = 4 * 1024 * 1024
+    max_prompt_tokens: PosInt = 200_000
+    max_messages: PosInt = 2048
+    max_n: PosInt = 8
+    max_tokens: PosInt = 65_536
+
+
+class Policy(_Spec):
+    targets: Annotated[dict[Name, TargetSpec], Meta(min_length=1)]
+    models: Annotated[dict[Name, ModelSpec], Meta(min_length=1)]
+    version: Literal[1, 2] = 1
+    default_model: Name | None = None
+    tenants: dict[Name, TenantSpec] = {}
+    admin_keys: list[Sha256Hex] = []
+    limits: Limits = Limits()
+
+    def reference_errors(self) -> list[tuple[str, str]]:
+        """Cross-references msgspec cannot check: (JSON path, message) for each dangling name."""
+        errors: list[tuple[str, str]] = []
+        for model_name, model in self.models.items():
+            for i, target in enumerate(model.targets):
+                if target not in self.targets:
+                    errors.append((f"$.models.{model_name}.targets[{i}]", f"unknown target {target!r}"))
+        if self.default_model is not None and self.default_model not in self.models:
+            errors.append(("$.default_model", f"{self.default_model!r} is not a declared model"))
+        for tenant_name, tenant in self.tenants.items():
+            for i, model_name in enumerate(tenant.allowed_models or []):
+                if model_name not in self.models:
+                    errors.append((f"$.tenants.{tenant_name}.allowed_models[{i}]", f"unknown model {model_name!r}"))
+        return errors
+
+
+def json_schema() -> dict:
+    """JSON Schema of the policy file, for editors (`policies/schema.json`)."""
+    return msgspec.json.schema(Policy)
