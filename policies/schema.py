@@ -79,11 +79,32 @@ class TargetSpec(_Spec):
         return self.pricing
 
 
+class SemanticCacheSpec(_Spec):
+    """Opt-in: answers for paraphrases, scoped to tenant + model + system prompt + parameters."""
+
+    enabled: bool = False
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.92
+    multi_turn: bool = False
+
+
+class CacheSpec(_Spec):
+    """Response caching for one public model. Only deterministic requests are ever cached."""
+
+    enabled: bool = True
+    ttl_seconds: PosFloat = 3600.0
+    max_entry_bytes: PosInt = 512 * 1024
+    semantic: SemanticCacheSpec = SemanticCacheSpec()
+    # Provider-side prompt caching: mark static prefixes at least this long (Anthropic
+    # cache_control breakpoints; OpenAI prompt_cache_key).
+    prompt_cache_min_tokens: PosInt = 1024
+
+
 class ModelSpec(_Spec):
     """A public model name callers use; `targets` are tried in order (primary, then fallbacks)."""
 
     targets: Annotated[list[Name], Meta(min_length=1)]
     description: str = ""
+    cache: CacheSpec = CacheSpec()
     max_tokens: PosInt | None = None  # cap on max_tokens / max_completion_tokens for this model
     default_max_tokens: PosInt | None = None
 
