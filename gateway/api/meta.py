@@ -1,0 +1,25 @@
+"""Models list, liveness and readiness."""
+
+from __future__ import annotations
+
+from litestar import Request, Response, get
+
+from gateway.pipeline import Gateway
+
+
+@get("/v1/models")
+async def list_models(request: Request) -> dict:
+    gateway: Gateway = request.app.state.gateway
+    return gateway.list_models(request.headers)
+
+
+@get("/healthz")
+async def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@get("/readyz")
+async def readyz(request: Request) -> Response:
+    checks = await request.app.state.readiness()
+    ready = all(check["ok"] for check in checks.values())
+    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)

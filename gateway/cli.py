@@ -1,0 +1,124 @@
+"""`hybrid-gateway`: serve, create keys, check policies."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from gateway.auth import hash_key, new_key
+from gateway.settings import DEFAULT_POLICY, ENV_VAR, Settings
+from policies.loader import PolicyError, load_policy
+
+
+def _serve(args: argparse.Namespace) -> int:
+    settings = Settings(
+        policy_path=os.path.abspath(args.policy or os.environ.get("GATEWAY_POLICY") or str(DEFAULT_POLICY)),
+        host=args.host,
+        port=args.port,
+        redis_url=args.redis_url or os.environ.get("GATEWAY_REDIS_URL"),
+        dev_key=os.environ.get("GATEWAY_DEV_KEY") or None,
+        budgets_fail_mode=args.budgets_fail_mode,
+    )
+    try:
+        policy = load_policy(settings.policy_path)
+    except PolicyError as exc:
+        print(f"hybrid-gateway: invalid policy: {exc}", file=sys.stderr)
+        return 2
+    if settings.dev_key is None and settings.redis_url is None:
+        settings.dev_key = new_key()
+        print(f"dev tenant key (set GATEWAY_DEV_KEY to choose your own): {settings.dev_key}", flush=True)
+    elif settings.dev_key:
+        print("dev tenant key taken from GATEWAY_DEV_KEY", flush=True)
+    print(
+        f"serving {len(policy.models)} model(s) from {settings.policy_path} on "
+        f"http://{settings.host}:{settings.port}/v1 (state: {'redis' if settings.redis_url else 'memory'})",
+        flush=True,
+    )
+    os.environ[ENV_VAR] = settings.to_env()
+    if args.server == "uvicorn":
+        import uvicorn
+
+        uvicorn.run("gateway.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+                    loop="uvloop", http="httptools", log_level="warning", access_log=False)
+        return 0
+    from granian import Granian
+    from granian.constants import Interfaces, Loops
+
+    Granian(
+        "gateway.app:app_from_env",
+        address=settings.host,
+        port=settings.port,
+        interface=Interfaces.ASGI,
+        workers=args.workers,
+        loop=Loops.uvloop,
+        factory=True,
+        log_access=False,
+        backlog=2048,
+    ).serve()
+    return 0
+
+
+def _keys_create(args: argparse.Namespace) -> int:
+    key = new_key()
+    digest = hash_key(key)
+    print(f"key (shown once, give it to tenant {args.tenant!r}): {key}")
+    print("paste under the tenant's keys in the policy:")
+    print(f"tenants:\n  {args.tenant}:\n    keys:\n      - \"sha256:{digest}\"")
+    return 0
+
+
+def _check_policy(args: argparse.Namespace) -> int:
+    failed = 0
+    for path in args.files:
+        try:
+            policy = load_policy(path)
+        except PolicyError as exc:
+            print(f"{exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(f"{path}: ok ({len(policy.targets)} targets, {len(policy.models)} models, {len(policy.tenants)} tenants)")
+    return 1 if failed else 0
+
+
+def _schema(args: argparse.Namespace) -> int:
+    from policies.schema import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="hybrid-gateway", description="One OpenAI-compatible endpoint for every LLM call.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the gateway (embedded default without --redis-url)")
+    serve.add_argument("--policy", help="policy YAML (default: policies/default.yaml, or $GATEWAY_POLICY)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--redis-url", help="shared state for many replicas, e.g. redis://127.0.0.1:6379/0")
+    serve.add_argument("--workers", type=int, default=1)
+    serve.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
+    serve.add_argument("--budgets-fail-mode", choices=["closed", "open"], default="closed")
+    serve.set_defaults(func=_serve)
+
+    keys = sub.add_parser("keys", help="manage tenant API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    create = keys_sub.add_parser("create", help="print a new key and the hashed line to paste into the policy")
+    create.add_argument("--tenant", required=True)
+    create.set_defaults(func=_keys_create)
+
+    check = sub.add_parser("check-policy", help="validate policy files; exit 1 on the first invalid one")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=_check_policy)
+
+    schema = sub.add_parser("policy-schema", help="print the policy's JSON Schema")
+    schema.set_defaults(func=_schema)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

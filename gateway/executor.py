@@ -1,0 +1,215 @@
+"""Try a plan's candidates in order, with bounded retries, until one answers.
+
+Retries (tenacity, jittered exponential backoff) apply only to errors the taxonomy marks
+retryable; a bad request is returned at once because another target would refuse it too. For
+streams the first chunk is awaited *before* the caller commits to a target, so failover stays
+invisible to the client until the first byte; after that, a failure is the relay's to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
+
+from gateway.errors import GatewayError
+from gateway.router import Candidate, Plan
+from providers.base import (
+    BadRequest,
+    Completion,
+    ContextTooLong,
+    ProviderError,
+    ProviderRequest,
+    RateLimited,
+    Timeout,
+    Unavailable,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 2  # per candidate, first try included
+    max_seconds: float = 10.0  # per candidate, across its attempts
+    backoff_base: float = 0.05
+    backoff_max: float = 1.0
+
+
+@dataclass(slots=True)
+class Failure:
+    target: str
+    error: ProviderError
+
+    def as_detail(self) -> dict[str, object]:
+        return {
+            "target": self.target,
+            "type": type(self.error).__name__,
+            "message": self.error.message,
+            "upstream_status": self.error.upstream_status,
+        }
+
+
+@dataclass(slots=True)
+class StreamStart:
+    candidate: Candidate
+    first: bytes
+    rest: AsyncIterator[bytes]
+    failures: list[Failure] = field(default_factory=list)
+
+
+# Called after every attempt with (candidate, error or None, seconds); breakers and telemetry hook in here.
+AttemptObserver = Callable[[Candidate, ProviderError | None, float], None]
+# Returns False when a candidate must be skipped (e.g. its breaker is open).
+CandidateGate = Callable[[Candidate], bool]
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    return isinstance(exc, ProviderError) and exc.retryable
+
+
+def _is_final(exc: ProviderError) -> bool:
+    """Errors that no other target would answer differently: return them to the caller at once."""
+    return isinstance(exc, BadRequest) and not isinstance(exc, ContextTooLong)
+
+
+class Executor:
+    def __init__(
+        self,
+        retry: RetryPolicy | None = None,
+        *,
+        observe: AttemptObserver | None = None,
+        gate: CandidateGate | None = None,
+    ) -> None:
+        self.retry = retry or RetryPolicy()
+        self.observe = observe
+        self.gate = gate
+
+    def _retrying(self) -> AsyncRetrying:
+        policy = self.retry
+        return AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_seconds),
+            wait=wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_max),
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+        )
+
+    async def _attempt(self, candidate: Candidate, call):
+        started = time.perf_counter()
+        try:
+            result = await call()
+        except ProviderError as exc:
+            exc.target = exc.target or candidate.name
+            if self.observe:
+                self.observe(candidate, exc, time.perf_counter() - started)
+            raise
+        except (asyncio.TimeoutError, TimeoutError):
+            exc = Timeout("the upstream did not answer in time", target=candidate.name)
+            if self.observe:
+                self.observe(candidate, exc, time.perf_counter() - started)
+            raise exc from None
+        if self.observe:
+            self.observe(candidate, None, time.perf_counter() - started)
+        return result
+
+    def _candidates(self, plan: Plan, failures: list[Failure]):
+        for candidate in plan.candidates:
+            if self.gate is not None and not self.gate(candidate):
+                failures.append(Failure(candidate.name, _skipped(candidate.name)))
+                continue
+            yield candidate
+
+    async def complete(
+        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest]
+    ) -> tuple[Completion, Candidate, list[Failure]]:
+        failures: list[Failure] = []
+        for candidate in self._candidates(plan, failures):
+            request = make_request(candidate)
+            total = request.timeouts.total
+
+            async def call(candidate=candidate, request=request, total=total):
+                async with asyncio.timeout(total):
+                    return await candidate.provider.complete(request)
+
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        completion = await self._attempt(candidate, call)
+                return completion, candidate, failures
+            except ProviderError as exc:
+                if _is_final(exc):
+                    raise as_gateway_error(exc) from None
+                failures.append(Failure(candidate.name, exc))
+        raise all_failed(failures)
+
+    async def open_stream(self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest]) -> StreamStart:
+        failures: list[Failure] = []
+        for candidate in self._candidates(plan, failures):
+            request = make_request(candidate)
+
+            async def first_chunk(candidate=candidate, request=request):
+                stream = candidate.provider.stream(request)
+                try:
+                    async with asyncio.timeout(min(request.timeouts.first_token, request.timeouts.total)):
+                        first = await anext(stream)
+                except BaseException:
+                    await _close(stream)
+                    raise
+                return first, stream
+
+            try:
+                async for attempt in self._retrying():
+                    with attempt:
+                        first, stream = await self._attempt(candidate, first_chunk)
+                return StreamStart(candidate, first, stream, failures)
+            except StopAsyncIteration:
+                failures.append(Failure(candidate.name, _empty(candidate.name)))
+            except ProviderError as exc:
+                if _is_final(exc):
+                    raise as_gateway_error(exc) from None
+                failures.append(Failure(candidate.name, exc))
+        raise all_failed(failures)
+
+
+async def _close(stream: AsyncIterator[bytes]) -> None:
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass
+
+
+def _skipped(target: str) -> ProviderError:
+    return Unavailable("circuit breaker open; target skipped", target=target)
+
+
+def _empty(target: str) -> ProviderError:
+    return Unavailable("the upstream closed the stream without sending anything", target=target)
+
+
+def as_gateway_error(exc: ProviderError) -> GatewayError:
+    headers = {"retry-after": str(max(1, round(exc.retry_after)))} if exc.retry_after is not None else None
+    return GatewayError(
+        exc.http_status, exc.message, type=exc.error_type, code=exc.code, headers=headers
+    )
+
+
+def all_failed(failures: list[Failure]) -> GatewayError:
+    details = [f.as_detail() for f in failures]
+    summary = "; ".join(f"{f.target}: {type(f.error).__name__}: {f.error.message}" for f in failures)
+    if failures and all(isinstance(f.error, RateLimited) for f in failures):
+        waits = [f.error.retry_after for f in failures if f.error.retry_after is not None]
+        headers = {"retry-after": str(max(1, round(min(waits))))} if waits else None
+        return GatewayError(
+            429, f"Every target is rate limited. {summary}", type="rate_limit_error",
+            code="rate_limit_exceeded", headers=headers, details=details,
+        )
+    return GatewayError(
+        503,
+        f"No target could serve this request. {summary}" if failures else "No target could serve this request.",
+        type="service_unavailable",
+        code="all_targets_failed",
+        details=details,
+    )

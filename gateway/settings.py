@@ -1,0 +1,44 @@
+"""Process settings: where the policy is, where shared state lives, how to serve.
+
+Settings travel to server workers as JSON in one environment variable, so a forked worker builds
+exactly the app the CLI described (including a generated dev key).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import msgspec
+
+ENV_VAR = "HYBRID_GATEWAY_SETTINGS"
+DEFAULT_POLICY = Path(__file__).resolve().parent.parent / "policies" / "default.yaml"
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "hybrid-gateway")
+
+
+@dataclass(slots=True)
+class Settings:
+    policy_path: str = str(DEFAULT_POLICY)
+    host: str = "127.0.0.1"
+    port: int = 8080
+    redis_url: str | None = None  # None: the embedded default, all state in this process
+    redis_prefix: str = "gw:"
+    dev_key: str | None = None  # adds a `dev` tenant with this key (GATEWAY_DEV_KEY)
+    cache_dir: str = field(default_factory=default_cache_dir)
+    budgets_fail_mode: str = "closed"  # or "open": Redis down → local fallback
+    # Litestar reads bodies up to this; the policy's `limits.max_body_bytes` is checked after.
+    body_ceiling_bytes: int = 64 * 1024 * 1024
+    watch_policy: bool = True
+
+    def to_env(self) -> str:
+        return msgspec.json.encode(asdict(self)).decode()
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        raw = os.environ.get(ENV_VAR)
+        return cls(**msgspec.json.decode(raw)) if raw else cls()

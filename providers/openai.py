@@ -1,0 +1,96 @@
+"""OpenAI and Azure OpenAI through the official `openai` SDK.
+
+The SDK is the reference for OpenAI's wire format, auth and Azure's URL scheme. We call it with
+`max_retries=0` (the executor owns retries) over one shared aiohttp-backed client (the SDKs are built on `httpx2`), and ask for
+raw responses so bodies are passed through as bytes instead of being parsed into SDK objects.
+Fields the SDK does not name travel in `extra_body`, exactly as a direct SDK user would send them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx2
+import openai
+from openai.resources.chat.completions import AsyncCompletions
+
+from policies.schema import TargetSpec
+from providers.base import Completion, Health, ProviderError, ProviderRequest, Timeout, Unavailable
+from providers.openai_wire import sse_data, status_error, usage_of
+
+_SDK_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
+    "self", "extra_headers", "extra_query", "extra_body", "timeout",
+}
+
+
+def _split(body: dict[str, Any]) -> dict[str, Any]:
+    known = {k: v for k, v in body.items() if k in _SDK_PARAMS}
+    extra = {k: v for k, v in body.items() if k not in _SDK_PARAMS}
+    if extra:
+        known["extra_body"] = extra
+    return known
+
+
+def _map_error(exc: Exception, target: str) -> ProviderError:
+    if isinstance(exc, openai.APIStatusError):
+        return status_error(exc.status_code, exc.response.content, exc.response.headers, target)
+    if isinstance(exc, openai.APITimeoutError):
+        return Timeout(str(exc), target=target)
+    return Unavailable(f"{type(exc).__name__}: {exc}", target=target)
+
+
+class OpenAIProvider:
+    def __init__(self, name: str, spec: TargetSpec, http_client: httpx2.AsyncClient) -> None:
+        self.name = name
+        self.spec = spec
+        api_key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+        common = dict(api_key=api_key or "missing", max_retries=0, http_client=http_client,
+                      default_headers=spec.headers or None)
+        if spec.provider == "azure":
+            self.client: openai.AsyncOpenAI = openai.AsyncAzureOpenAI(
+                azure_endpoint=spec.base_url or "", api_version=spec.api_version or "2024-10-21", **common
+            )
+        else:
+            self.client = openai.AsyncOpenAI(base_url=spec.base_url or "https://api.openai.com/v1", **common)
+        self.has_key = bool(api_key)
+
+    def _kwargs(self, request: ProviderRequest) -> dict[str, Any]:
+        body = request.body
+        if request.prefix_key and "prompt_cache_key" not in body:
+            body = {**body, "prompt_cache_key": request.prefix_key}
+        kwargs = _split(body)
+        t = request.timeouts
+        kwargs["timeout"] = httpx2.Timeout(t.total, connect=t.connect)
+        return kwargs
+
+    async def complete(self, request: ProviderRequest) -> Completion:
+        try:
+            raw = await self.client.chat.completions.with_raw_response.create(**self._kwargs(request))
+            body = raw.content
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise _map_error(exc, self.name) from None
+        return Completion(body=body, usage=usage_of(body))
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
+        try:
+            context = self.client.chat.completions.with_streaming_response.create(**self._kwargs(request))
+            response = await context.__aenter__()
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise _map_error(exc, self.name) from None
+        try:
+            lines = (line.encode() + b"\n" async for line in response.iter_lines())
+            async for payload in sse_data(lines):
+                yield payload
+        except (openai.OpenAIError, httpx2.HTTPError) as exc:
+            raise _map_error(exc, self.name) from None
+        finally:
+            await context.__aexit__(None, None, None)
+
+    async def health(self) -> Health:
+        return Health(self.has_key, "" if self.has_key else f"{self.spec.api_key_env or 'api key'} is not set")
+
+    async def aclose(self) -> None:
+        """The HTTP client is shared and owned by the provider registry."""

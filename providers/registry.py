@@ -1,0 +1,80 @@
+"""Build one provider per policy target from a table of factories (no if/elif ladder).
+
+All providers share two pooled HTTP clients owned here: an aiohttp session for byte
+pass-through and an aiohttp-backed `httpx2` client (what the official SDKs are built on) for the SDKs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+import httpx2
+from openai import DefaultAioHttpClient
+
+from policies.schema import Policy, TargetSpec
+from providers.base import Provider
+
+
+@dataclass(slots=True)
+class Clients:
+    session: aiohttp.ClientSession
+    http: httpx2.AsyncClient
+
+    @classmethod
+    def create(cls) -> "Clients":
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
+        return cls(
+            session=aiohttp.ClientSession(connector=connector, auto_decompress=True),
+            http=DefaultAioHttpClient(timeout=httpx2.Timeout(600, connect=5), limits=httpx2.Limits(max_connections=1000)),
+        )
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        await self.session.close()
+
+
+Factory = Callable[[str, TargetSpec, Clients], Provider]
+
+
+def _openai(name: str, spec: TargetSpec, clients: Clients) -> Provider:
+    from providers.openai import OpenAIProvider
+
+    return OpenAIProvider(name, spec, clients.http)
+
+
+def _anthropic(name: str, spec: TargetSpec, clients: Clients) -> Provider:
+    from providers.anthropic import AnthropicProvider
+
+    return AnthropicProvider(name, spec, clients.http)
+
+
+def _selfhost(name: str, spec: TargetSpec, clients: Clients) -> Provider:
+    if spec.embedded is not None:
+        from providers.embedded import EmbeddedEngineProvider
+
+        return EmbeddedEngineProvider(name, spec)
+    from providers.selfhost import SelfHostProvider
+
+    return SelfHostProvider(name, spec, clients.session)
+
+
+FACTORIES: dict[str, Factory] = {
+    "openai": _openai,
+    "azure": _openai,
+    "anthropic": _anthropic,
+    "selfhost": _selfhost,
+}
+
+
+def build_providers(policy: Policy, clients: Clients, reuse: dict[str, Provider] | None = None) -> dict[str, Provider]:
+    """One provider per target; providers whose spec did not change are reused across reloads."""
+    built: dict[str, Provider] = {}
+    for name, spec in policy.targets.items():
+        old = (reuse or {}).get(name)
+        if old is not None and getattr(old, "spec", None) == spec:
+            built[name] = old
+        else:
+            built[name] = FACTORIES[spec.provider](name, spec, clients)
+    return built

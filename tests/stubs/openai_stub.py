@@ -1,0 +1,279 @@
+"""A local server that speaks OpenAI's chat-completions wire protocol, for tests and benchmarks.
+
+It answers like OpenAI does: `chat.completion` JSON, SSE `chat.completion.chunk` streams ending
+in `data: [DONE]`, usage (also as the final chunk when `stream_options.include_usage`), tool
+calls, and OpenAI's error bodies (429 with `retry-after`). Tests script failures through
+`StubControl` (fail the next N calls, hang, cut a stream mid-way) and read what it received.
+
+Replies are deterministic: `echo: <last user text>` (or a tool call when tools are offered and
+the last message is the user's), so tests can assert on content end to end.
+
+Run standalone (for benchmarks, in its own process): `python -m tests.stubs.openai_stub --port N`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class Fault:
+    status: int = 500
+    message: str = "upstream exploded"
+    retry_after: float | None = None
+    hang_seconds: float = 0.0
+    # Stream only: send this many content chunks, then drop the connection.
+    cut_after_chunks: int | None = None
+    # Stream only: send this many chunks, then an in-band error event.
+    error_after_chunks: int | None = None
+
+
+@dataclass
+class StubControl:
+    api_key: str | None = None
+    chunks: int | None = None  # fixed number of content chunks per stream (benchmarks)
+    reply: str | None = None  # fixed reply text
+    usage_prompt_tokens: int | None = None
+    cached_tokens: int = 0
+    faults: deque[Fault] = field(default_factory=deque)
+    always: Fault | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    record: bool = True
+    delay_seconds: float = 0.0
+
+    def fail_next(self, n: int = 1, **fault: Any) -> None:
+        for _ in range(n):
+            self.faults.append(Fault(**fault))
+
+    def fail_always(self, **fault: Any) -> None:
+        self.always = Fault(**fault)
+
+    def recover(self) -> None:
+        self.faults.clear()
+        self.always = None
+
+    def next_fault(self) -> Fault | None:
+        if self.faults:
+            return self.faults.popleft()
+        return self.always
+
+
+def _last_user_text(messages: list[dict[str, Any]]) -> str:
+    for message in reversed(messages):
+        content = message.get("content")
+        if isinstance(content, list):
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        if message.get("role") in ("user", "tool") and content:
+            return str(content)
+    return ""
+
+
+def _answer(body: dict[str, Any], control: StubControl) -> tuple[str | None, list[dict[str, Any]] | None]:
+    messages = body.get("messages") or []
+    tools = body.get("tools") or []
+    last = messages[-1] if messages else {}
+    if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
+        name = tools[0]["function"]["name"]
+        args = json.dumps({"text": _last_user_text(messages)})
+        return None, [{"id": "call_stub_1", "type": "function", "function": {"name": name, "arguments": args}}]
+    if control.reply is not None:
+        return control.reply, None
+    prefix = "tool said: " if last.get("role") == "tool" else "echo: "
+    text = prefix + _last_user_text(messages)
+    if body.get("response_format", {}).get("type") in ("json_object", "json_schema"):
+        text = json.dumps({"echo": _last_user_text(messages)})
+    return text, None
+
+
+def _usage(body: dict[str, Any], completion_tokens: int, control: StubControl) -> dict[str, Any]:
+    prompt = control.usage_prompt_tokens
+    if prompt is None:
+        prompt = max(1, len(json.dumps(body.get("messages", []))) // 4)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": control.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0,
+                                      "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    }
+
+
+def _pieces(text: str, control: StubControl) -> list[str]:
+    if control.chunks:
+        size = max(1, -(-len(text) // control.chunks))
+        parts = [text[i : i + size] for i in range(0, len(text), size)]
+        while len(parts) < control.chunks:
+            parts.append("")
+        return parts[: control.chunks] if len("".join(parts[: control.chunks])) == len(text) else parts
+    words = text.split(" ")
+    return [w if i == 0 else " " + w for i, w in enumerate(words)]
+
+
+def _error_response(fault: Fault) -> web.Response:
+    kind = {429: "rate_limit_exceeded", 401: "invalid_api_key", 400: "invalid_request_error"}.get(fault.status)
+    body = {"error": {"message": fault.message, "type": "requests" if fault.status == 429 else "server_error",
+                      "param": None, "code": kind}}
+    headers = {"retry-after": str(fault.retry_after)} if fault.retry_after is not None else None
+    return web.json_response(body, status=fault.status, headers=headers)
+
+
+def make_app(control: StubControl) -> web.Application:
+    async def chat(request: web.Request) -> web.StreamResponse:
+        if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
+            return _error_response(Fault(401, "Incorrect API key provided"))
+        body = await request.json()
+        if control.record:
+            control.requests.append(body)
+            control.headers.append(dict(request.headers))
+        fault = control.next_fault()
+        if fault is not None and fault.hang_seconds:
+            await asyncio.sleep(fault.hang_seconds)
+            if fault.cut_after_chunks is None and fault.error_after_chunks is None and fault.status == 200:
+                fault = None
+        if control.delay_seconds:
+            await asyncio.sleep(control.delay_seconds)
+        if fault is not None and fault.cut_after_chunks is None and fault.error_after_chunks is None:
+            if fault.status >= 400:
+                return _error_response(fault)
+            fault = None
+        text, tool_calls = _answer(body, control)
+        created = int(time.time())
+        cid = "chatcmpl-stub" + str(len(control.requests))
+        model = body.get("model", "stub")
+        if not body.get("stream"):
+            completion_tokens = max(1, len((text or "").split())) if text is not None else 8
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            if tool_calls:
+                message["tool_calls"] = tool_calls
+            payload = {
+                "id": cid, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{"index": 0, "message": message, "logprobs": None,
+                             "finish_reason": "tool_calls" if tool_calls else "stop"}],
+                "usage": _usage(body, completion_tokens, control),
+                "service_tier": "default", "system_fingerprint": "fp_stub",
+            }
+            return web.Response(body=json.dumps(payload).encode(), content_type="application/json")
+
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+            data = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                    "system_fingerprint": "fp_stub",
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+            if include_usage:
+                data["usage"] = None
+            return b"data: " + json.dumps(data).encode() + b"\n\n"
+
+        await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
+        sent = 0
+        if tool_calls:
+            call = tool_calls[0]
+            await response.write(chunk({"tool_calls": [{"index": 0, "id": call["id"], "type": "function",
+                                                        "function": {"name": call["function"]["name"], "arguments": ""}}]}))
+            args = call["function"]["arguments"]
+            for i in range(0, len(args), 8):
+                await response.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 8]}}]}))
+                sent += 1
+            finish = "tool_calls"
+        else:
+            for piece in _pieces(text or "", control):
+                if fault is not None and fault.cut_after_chunks is not None and sent >= fault.cut_after_chunks:
+                    request.transport.close()  # drop the connection mid-stream
+                    return response
+                if fault is not None and fault.error_after_chunks is not None and sent >= fault.error_after_chunks:
+                    err = {"error": {"message": fault.message, "type": "server_error", "param": None, "code": None}}
+                    await response.write(b"data: " + json.dumps(err).encode() + b"\n\n")
+                    return response
+                await response.write(chunk({"content": piece}))
+                sent += 1
+            finish = "stop"
+        await response.write(chunk({}, finish))
+        if include_usage:
+            usage_chunk = {"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
+                           "system_fingerprint": "fp_stub", "choices": [], "usage": _usage(body, sent, control)}
+            await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "stub"}]})
+
+    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_get("/v1/models", models)
+    return app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class OpenAIStub:
+    """Runs the stub on its own event loop in a daemon thread; `base_url` ends in `/v1`."""
+
+    def __init__(self, control: StubControl | None = None, port: int | None = None) -> None:
+        self.control = control or StubControl()
+        self.port = port or free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}/v1"
+        self._loop = asyncio.new_event_loop()
+        self._runner: web.AppRunner | None = None
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self) -> "OpenAIStub":
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(make_app(self.control), access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> "OpenAIStub":
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--chunks", type=int, default=None)
+    parser.add_argument("--reply", default=None)
+    args = parser.parse_args()
+    control = StubControl(chunks=args.chunks, reply=args.reply, record=False)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(make_app(control), host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
