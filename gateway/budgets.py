@@ -297,7 +297,11 @@ def _exceeded(
     what = "Rate limit reached" if w.code == RATE_LIMIT else "Quota exceeded"
     message = (
         f"{what} for {scope} on {w.name}: limit {limit_s}, in use {used_s}, requested {want_s}. "
-        + (f"Try again in {openai_duration(retry_after)}." if w.resets_at is not None else "Try again when a request finishes.")
+        + (
+            f"Try again in {openai_duration(retry_after)}."
+            if w.resets_at is not None
+            else "Try again when a request finishes."
+        )
     )
     headers = {"Retry-After": str(max(1, math.ceil(retry_after)))}
     headers.update(_headers(windows, values, now))
@@ -513,7 +517,9 @@ class MemoryBudgets:
         return None
 
 
-def _usage_groups(plan: _Planner, tenant: str, spec: TenantSpec, now: float) -> list[tuple[str | None, list[_Window]]]:
+def _usage_groups(
+    plan: _Planner, tenant: str, spec: TenantSpec, now: float
+) -> list[tuple[str | None, list[_Window]]]:
     groups: list[tuple[str | None, list[_Window]]] = [(None, plan.windows(tenant, spec.limits, None, now))]
     for model, limits in sorted(spec.model_limits.items()):
         ws = plan.windows(tenant, limits, model, now)
@@ -574,7 +580,8 @@ class RedisBudgets:
         self._script = redis.register_script(BUDGET_LUA)
 
     def _head(self, op: str, tenant: str, now: float) -> list[Any]:
-        return [op, int(now * 1000), self._plan.record_prefix(tenant), self.reclaim_batch, max(1, int(self.tombstone_ttl))]
+        tomb = max(1, int(self.tombstone_ttl))
+        return [op, int(now * 1000), self._plan.record_prefix(tenant), self.reclaim_batch, tomb]
 
     async def _run(self, keys: list[str], args: list[Any]) -> list[int]:
         try:
