@@ -40,6 +40,7 @@ class EngineStats:
     kv_stored_token_steps: int = 0    # Σ over steps of tokens held in KV by running seqs
     kv_allocated_slot_steps: int = 0  # Σ over steps of slots in their allocated blocks
     chunked_prefill_steps: int = 0    # prefill chunks that did not reach the end of the prompt
+    num_aborted: int = 0              # requests aborted before they finished
     recent: list = field(default_factory=list)  # (time, prefill_tokens, decode_tokens) per step
 
     @property
@@ -122,6 +123,7 @@ class LLMEngine:
         if seq.status is not SeqStatus.FINISHED:
             seq.finish_reason = "abort"
             self.scheduler.finish(seq)
+            self.stats.num_aborted += 1
         return True
 
     def has_unfinished(self) -> bool:
