@@ -6,6 +6,7 @@ startup hook, inside the serving event loop, and closed on shutdown.
 
 from __future__ import annotations
 
+import gc
 import logging
 
 import redis.asyncio as aioredis
@@ -51,6 +52,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.clients = clients
         app.state.redis = aioredis.from_url(settings.redis_url) if settings.redis_url else None
         app.state.gateway = Gateway(build_runtime(policy, settings, clients))
+        # Everything built so far lives as long as the process: keep it out of GC scans, which
+        # otherwise walk hundreds of thousands of SDK and library objects on the hot path.
+        gc.collect()
+        gc.freeze()
 
     async def shutdown(app: Litestar) -> None:
         gateway: Gateway | None = getattr(app.state, "gateway", None)

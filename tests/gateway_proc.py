@@ -18,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class GatewayProcess:
     def __init__(self, policy_path: str | Path, *, dev_key: str = "sk-test-dev", redis_url: str | None = None,
-                 extra_args: list[str] | None = None, env: dict[str, str] | None = None, server: str = "granian") -> None:
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None, server: str = "granian",
+                 cpus: set[int] | None = None) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.root_url = f"http://127.0.0.1:{self.port}"
@@ -32,7 +33,8 @@ class GatewayProcess:
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"gateway-{self.port}.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
 
     def wait_ready(self, timeout: float = 60.0) -> "GatewayProcess":
         deadline = time.monotonic() + timeout
