@@ -41,11 +41,17 @@ def _normal(digest: str) -> str:
 class KeyRing:
     """Resolves bearer keys to tenants; built from a policy and swapped with it on reload."""
 
-    def __init__(self, policy: Policy, extra_tenants: Mapping[str, TenantSpec] | None = None) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        extra_tenants: Mapping[str, TenantSpec] | None = None,
+        extra_admin_hashes: tuple[str, ...] = (),
+    ) -> None:
         self._by_hash: dict[str, tuple[str, TenantSpec, str]] = {}
-        self._admin = {_normal(h) for h in policy.admin_keys}
+        self._admin = {_normal(h) for h in (*policy.admin_keys, *extra_admin_hashes)}
         tenants = dict(policy.tenants)
         tenants.update(extra_tenants or {})
+        self._tenants = tenants
         for name, spec in tenants.items():
             revoked = {_normal(h) for h in spec.revoked_keys}
             for digest in spec.keys:
@@ -60,12 +66,20 @@ class KeyRing:
             raise unauthorized("Incorrect API key provided.", code="invalid_api_key")
         return Principal(tenant=entry[0], spec=entry[1], key_hash=digest)
 
+    def tenant_spec(self, tenant: str) -> TenantSpec | None:
+        return self._tenants.get(tenant)
+
     def is_admin(self, headers: Mapping[str, str]) -> bool:
         try:
             digest = hash_key(presented_key(headers))
         except GatewayError:
             return False
         return any(hmac.compare_digest(digest, admin) for admin in self._admin)
+
+    def require_admin(self, headers: Mapping[str, str]) -> None:
+        presented_key(headers)  # 401 when missing or malformed
+        if not self.is_admin(headers):
+            raise GatewayError(403, "This endpoint needs an admin key.", type="permission_error", code="forbidden")
 
 
 def presented_key(headers: Mapping[str, str]) -> str:

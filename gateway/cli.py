@@ -18,7 +18,9 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         redis_url=args.redis_url or os.environ.get("GATEWAY_REDIS_URL"),
+        redis_prefix=args.redis_prefix,
         dev_key=os.environ.get("GATEWAY_DEV_KEY") or None,
+        admin_key=os.environ.get("GATEWAY_ADMIN_KEY") or None,
         budgets_fail_mode=args.budgets_fail_mode,
     )
     try:
@@ -98,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--redis-url", help="shared state for many replicas, e.g. redis://127.0.0.1:6379/0")
+    serve.add_argument("--redis-prefix", default="gw:", help="key prefix, to share one Redis between deployments")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
     serve.add_argument("--budgets-fail-mode", choices=["closed", "open"], default="closed")

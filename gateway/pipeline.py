@@ -1,30 +1,42 @@
 """One request, start to finish: the step list of ARCHITECTURE.md as code.
 
-auth → admission → route → budgets.reserve → cache → executor → budgets.settle → cache.store.
-Routes stay thin and call `Gateway.chat_completions`; everything that can be swapped at run
-time (policy, keys, providers) lives in one `Runtime` snapshot replaced atomically on reload.
+auth → admission → route → cache lookup → budgets.reserve → executor → budgets.settle →
+cache store → telemetry. Routes stay thin and call `Gateway.chat_completions`; everything that
+can be swapped at run time (policy, keys, providers) lives in one `Runtime` snapshot replaced
+atomically on reload. Settlement happens on every exit path: success, upstream error, client
+disconnect and a stream cut mid-way (counting what was delivered).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from cache.prefix import prefix_fingerprint, prompt_cache_key
+from cache.response import CacheDecision, CachedAnswer, CacheStatus, ResponseCache, replay_chunks, savings
 from gateway.admission import Admitted, admit, check_body_size
 from gateway.auth import KeyRing, Principal
+from gateway.budgets import BudgetExceeded, Budgets, BudgetsUnavailable, MemoryBudgets, Reservation
 from gateway.errors import GatewayError
 from gateway.executor import Executor, Failure
 from gateway.router import Candidate, Plan, Router
 from gateway.schemas import ChatCompletionRequest, decode_chat_request
-from gateway.streaming import StreamOutcome, relay
+from gateway.streaming import DONE, StreamOutcome, relay, sse
 from policies.schema import Policy
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
 
+if TYPE_CHECKING:
+    from cache.semantic import SemanticCache
+    from gateway.telemetry import Telemetry
+
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_NO_CACHE = CacheDecision(False, False, CacheStatus.BYPASS, "no cache configured")
 
 
 @dataclass(slots=True)
@@ -50,12 +62,19 @@ class Call:
     """Per-request state shared by the pipeline's steps."""
 
     request_id: str
-    principal: Principal
-    body: dict[str, Any]
-    request: ChatCompletionRequest
-    plan: Plan
-    admitted: Admitted
     started: float
+    span: Any = None
+    principal: Principal | None = None
+    body: dict[str, Any] = field(default_factory=dict)
+    request: ChatCompletionRequest | None = None
+    plan: Plan | None = None
+    admitted: Admitted | None = None
+    prefix_key: str | None = None
+    cache: CacheDecision = _NO_CACHE
+    cache_key: str | None = None
+    semantic_query: Any = None
+    reservation: Reservation | None = None
+    queue_s: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -70,37 +89,186 @@ def cost_of(candidate: Candidate, usage: Usage) -> float:
     return candidate.spec.effective_pricing().cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
 
 
+def _budget_error(exc: BudgetExceeded) -> GatewayError:
+    if exc.code == "insufficient_quota":
+        kind = "insufficient_quota"
+    else:
+        kind = "requests" if exc.window in ("requests_per_minute", "concurrent_requests") else "tokens"
+    return GatewayError(429, exc.message, type=kind, code=exc.code, headers=dict(exc.headers))
+
+
 class Gateway:
-    def __init__(self, runtime: Runtime, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        runtime: Runtime,
+        executor: Executor | None = None,
+        *,
+        budgets: Budgets | None = None,
+        cache: ResponseCache | None = None,
+        semantic: SemanticCache | None = None,
+        telemetry: Telemetry | None = None,
+    ) -> None:
         self.runtime = runtime
         self.executor = executor or Executor()
+        self.budgets: Budgets = budgets if budgets is not None else MemoryBudgets()
+        self.cache = cache
+        self.semantic = semantic
+        self.telemetry = telemetry
+        self._background: set[asyncio.Task] = set()
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    def _stage(self, call: Call, name: str, attributes: dict | None = None):
+        if self.telemetry is None or call.span is None:
+            return contextlib.nullcontext()
+        return self.telemetry.stage(call.span, name, attributes)
+
+    def _reject(self, call: Call, exc: GatewayError, reason: str) -> GatewayError:
+        exc.headers.setdefault("x-request-id", call.request_id)
+        exc.headers.update(call.headers)
+        if self.telemetry is not None:
+            tenant = call.principal.tenant if call.principal else None
+            self.telemetry.rejected(reason, tenant, call.plan.model if call.plan else None)
+            if call.span is not None:
+                self.telemetry.end_request_span(call.span, None, error=exc.code or reason)
+        return exc
+
+    def _record(self, call: Call, candidate: Candidate | None, usage: Usage, cost: float, *, status: int,
+                error: str | None, ttft_s: float | None, fallbacks: int, cache: str) -> None:
+        if self.telemetry is None:
+            return
+        from gateway.telemetry import RequestRecord
+
+        record = RequestRecord(
+            tenant=call.principal.tenant if call.principal else "",
+            model=call.plan.model if call.plan else "",
+            target=candidate.name if candidate else None,
+            provider=candidate.spec.provider if candidate else None,
+            stream=bool(call.request and call.request.stream),
+            status=status,
+            error_type=error,
+            duration_s=time.perf_counter() - call.started,
+            ttft_s=ttft_s,
+            queue_s=call.queue_s,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cached_tokens=usage.cached_tokens,
+            cost_usd=cost,
+            cache=cache,
+            fallbacks=fallbacks,
+        )
+        self.telemetry.request_done(record)
+        if call.span is not None:
+            self.telemetry.end_request_span(call.span, record, error=error)
 
     # -- the pipeline -------------------------------------------------------------------------
 
     async def chat_completions(self, raw: bytes, headers: Mapping[str, str]) -> Reply:
         runtime = self.runtime  # one snapshot for the whole request, even across a reload
-        started = time.perf_counter()
-        request_id = new_request_id(headers)
+        call = Call(new_request_id(headers), time.perf_counter())
+        if self.telemetry is not None:
+            call.span = self.telemetry.request_span("chat.completions", {"gateway.request_id": call.request_id})
+        call.headers["x-request-id"] = call.request_id
         try:
-            principal = runtime.keyring.authenticate(headers)
-            check_body_size(len(raw), runtime.policy.limits)
-            body, request = decode_chat_request(raw)
-            plan = runtime.router.plan(request.model, principal)
-            admitted = admit(request, body, plan.model_spec, runtime.policy.limits)
+            with self._stage(call, "gateway.auth"):
+                call.principal = runtime.keyring.authenticate(headers)
         except GatewayError as exc:
-            exc.headers.setdefault("x-request-id", request_id)
-            raise
-        call = Call(request_id, principal, body, request, plan, admitted, started)
-        call.headers["x-request-id"] = request_id
-        call.headers["x-gateway-model"] = plan.model
-        if request.stream:
+            raise self._reject(call, exc, "auth") from None
+        try:
+            with self._stage(call, "gateway.admission"):
+                check_body_size(len(raw), runtime.policy.limits)
+                call.body, call.request = decode_chat_request(raw)
+                with self._stage(call, "gateway.route"):
+                    call.plan = runtime.router.plan(call.request.model, call.principal)
+                call.admitted = admit(call.request, call.body, call.plan.model_spec, runtime.policy.limits)
+        except GatewayError as exc:
+            raise self._reject(call, exc, "model_not_found" if exc.code == "model_not_found" else "admission") from None
+        call.headers["x-gateway-model"] = call.plan.model
+        self._prefix(call)
+
+        hit = await self._cache_lookup(call, headers)
+        if hit is not None:
+            return self._cached_reply(call, hit)
+        await self._reserve(call)
+        call.queue_s = time.perf_counter() - call.started
+        if call.request.stream:
             return await self._stream(call)
         return await self._complete(call)
+
+    def _prefix(self, call: Call) -> None:
+        """Static-prefix fingerprint: replica affinity and provider-side prompt caching hints."""
+        fingerprint, tokens = prefix_fingerprint(call.body)
+        if fingerprint is not None and tokens >= call.plan.model_spec.cache.prompt_cache_min_tokens:
+            call.prefix_key = prompt_cache_key(call.principal.tenant, fingerprint)
+
+    async def _cache_lookup(self, call: Call, headers: Mapping[str, str]) -> CachedAnswer | None:
+        if self.cache is None:
+            return None
+        spec = call.plan.model_spec.cache
+        with self._stage(call, "gateway.cache") as span:
+            call.cache = self.cache.decision(headers, spec, call.body)
+            if call.cache.lookup or call.cache.store:
+                call.cache_key = self.cache.cache_key(call.principal.tenant, call.plan.route, call.body)
+            hit = await self.cache.lookup(call.cache_key, max_age=call.cache.max_age) if call.cache.lookup else None
+            if call.cache.semantic and self.semantic is not None:
+                call.semantic_query = self.semantic.prepare(call.principal.tenant, call.plan.route, call.body, spec)
+                if hit is None and call.cache.lookup and call.semantic_query is not None:
+                    hit = await self.semantic.lookup(call.semantic_query, max_age=call.cache.max_age)
+            if span is not None:
+                span.set_attribute("gateway.cache", "hit" if hit else str(call.cache.status))
+        return hit
+
+    def _cached_reply(self, call: Call, hit: CachedAnswer) -> Reply:
+        call.headers.update({"x-gateway-cache": "hit", "x-gateway-target": "cache"})
+        if hit.similarity is not None:
+            call.headers["x-gateway-cache-similarity"] = f"{hit.similarity:.4f}"
+        primary = call.plan.candidates[0]
+        saved = savings(hit.usage, primary.spec.effective_pricing())
+        if self.telemetry is not None:
+            self.telemetry.cache_event(call.principal.tenant, call.plan.model, "hit", saved.tokens, saved.usd)
+        self._record(call, None, Usage(), 0.0, status=200, error=None, ttft_s=time.perf_counter() - call.started,
+                     fallbacks=0, cache="hit")
+        if not call.request.stream:
+            return Reply(200, call.headers, body=hit.body)
+        include_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
+        frames = [sse(p) for p in replay_chunks(hit.body, include_usage)] + [DONE]
+
+        async def replay() -> AsyncIterator[bytes]:
+            for frame in frames:
+                yield frame
+
+        return Reply(200, call.headers, stream=replay())
+
+    async def _reserve(self, call: Call) -> None:
+        admitted = call.admitted
+        estimate = admitted.prompt_tokens + admitted.max_output_tokens
+        usd = max(c.spec.effective_pricing().cost(admitted.prompt_tokens, admitted.max_output_tokens)
+                  for c in call.plan.candidates)
+        try:
+            with self._stage(call, "gateway.budget"):
+                call.reservation = await self.budgets.reserve(
+                    tenant=call.principal.tenant, spec=call.principal.spec, model=call.plan.model,
+                    request_id=call.request_id, tokens=estimate, usd=usd,
+                )
+        except BudgetExceeded as exc:
+            raise self._reject(call, _budget_error(exc), "budget") from None
+        except BudgetsUnavailable:
+            error = GatewayError(503, "Budget accounting is unavailable; try again shortly.",
+                                 type="service_unavailable", code="budgets_unavailable", headers={"retry-after": "1"})
+            raise self._reject(call, error, "budget_store") from None
+        except ValueError as exc:  # a request id reused while its reservation is still open
+            raise self._reject(call, GatewayError(409, str(exc), code="duplicate_request_id"), "bad_request") from None
+        call.headers.update(call.reservation.headers)
+
+    async def _settle(self, call: Call, usage: Usage, usd: float) -> None:
+        if call.reservation is not None:
+            await self.budgets.settle(call.reservation, tokens=usage.total_tokens, usd=usd)
 
     def _provider_request(self, call: Call, candidate: Candidate) -> ProviderRequest:
         body = dict(call.body)
         body["model"] = candidate.spec.model
-        if call.request.output_cap is None and (call.plan.model_spec.default_max_tokens or call.plan.model_spec.max_tokens):
+        spec = call.plan.model_spec
+        if call.request.output_cap is None and (spec.default_max_tokens or spec.max_tokens):
             body["max_tokens"] = call.admitted.max_output_tokens // (call.request.n or 1)
         if call.request.stream:
             # Always ask for usage: budgets settle on real numbers. The relay hides the chunk
@@ -112,43 +280,85 @@ class Gateway:
             request_id=call.request_id,
             tenant=call.principal.tenant,
             timeouts=Timeouts(connect=t.connect, first_token=t.first_token, total=t.total),
+            prefix_key=call.prefix_key,
         )
 
     def _route_headers(self, call: Call, candidate: Candidate, failures: list[Failure]) -> None:
         call.headers["x-gateway-target"] = candidate.name
         if failures:
             call.headers["x-gateway-fallbacks"] = ",".join(f.target for f in failures)
+        if self.cache is not None:
+            call.headers["x-gateway-cache"] = "miss" if call.cache.lookup else "bypass"
+
+    def _failed(self, call: Call, exc: GatewayError) -> GatewayError:
+        exc.headers.update(call.headers)
+        self._record(call, None, Usage(), 0.0, status=exc.status, error=exc.code, ttft_s=None,
+                     fallbacks=len(exc.details or []) if isinstance(exc.details, list) else 0, cache="miss")
+        return exc
 
     async def _complete(self, call: Call) -> Reply:
+        usage, usd = Usage(), 0.0
         try:
             completion, candidate, failures = await self.executor.complete(
                 call.plan, lambda c: self._provider_request(call, c)
             )
+            usage, usd = completion.usage, cost_of(candidate, completion.usage)
         except GatewayError as exc:
-            exc.headers.update(call.headers)
+            raise self._failed(call, exc) from None
+        except asyncio.CancelledError:
+            # The caller went away mid-call: the upstream may still bill the prompt.
+            usage = Usage(prompt_tokens=call.admitted.prompt_tokens)
+            usd = max(cost_of(c, usage) for c in call.plan.candidates)
             raise
+        finally:
+            await asyncio.shield(self._settle(call, usage, usd))
         self._route_headers(call, candidate, failures)
+        self._record(call, candidate, usage, usd, status=200, error=None, ttft_s=None,
+                     fallbacks=len(failures), cache=str(call.cache.status))
+        if call.cache.store and call.cache_key is not None:
+            self._store_later(call, completion.body, usage)
         return Reply(200, call.headers, body=completion.body)
+
+    def _store_later(self, call: Call, body: bytes, usage: Usage) -> None:
+        """Write the cache off the response path: the caller should not wait for Redis."""
+        spec = call.plan.model_spec.cache
+
+        async def store() -> None:
+            stored = await self.cache.store(call.cache_key, body, usage, spec.ttl_seconds, spec.max_entry_bytes)
+            if stored and self.semantic is not None and call.semantic_query is not None:
+                await self.semantic.add(call.semantic_query, call.cache_key, spec.ttl_seconds)
+
+        task = asyncio.get_running_loop().create_task(store())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _stream(self, call: Call) -> Reply:
         try:
             start = await self.executor.open_stream(call.plan, lambda c: self._provider_request(call, c))
         except GatewayError as exc:
-            exc.headers.update(call.headers)
+            await self._settle(call, Usage(), 0.0)
+            raise self._failed(call, exc) from None
+        except BaseException:
+            await asyncio.shield(self._settle(call, Usage(), 0.0))
             raise
-        self._route_headers(call, start.candidate, start.failures)
+        candidate = start.candidate
+        self._route_headers(call, candidate, start.failures)
         include_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
 
         async def settle(outcome: StreamOutcome) -> None:
-            return None
+            usd = cost_of(candidate, outcome.usage)
+            await self._settle(call, outcome.usage, usd)
+            error = type(outcome.error).__name__ if outcome.error else (None if outcome.completed else "client_disconnect")
+            self._record(call, candidate, outcome.usage, usd, status=200, error=error, ttft_s=outcome.first_byte_s,
+                         fallbacks=len(start.failures), cache=str(call.cache.status))
 
         frames = relay(
             start.first,
             start.rest,
             include_usage=include_usage,
             prompt_tokens_estimate=call.admitted.prompt_tokens,
-            deadline=time.monotonic() + start.candidate.spec.timeouts.total,
-            target=start.candidate.name,
+            deadline=time.monotonic() + candidate.spec.timeouts.total,
+            target=candidate.name,
             started=call.started,
             on_done=settle,
         )

@@ -29,6 +29,7 @@ class Settings:
     redis_url: str | None = None  # None: the embedded default, all state in this process
     redis_prefix: str = "gw:"
     dev_key: str | None = None  # adds a `dev` tenant with this key (GATEWAY_DEV_KEY)
+    admin_key: str | None = None  # an admin key besides the policy's admin_keys (GATEWAY_ADMIN_KEY)
     cache_dir: str = field(default_factory=default_cache_dir)
     budgets_fail_mode: str = "closed"  # or "open": Redis down → local fallback
     # Litestar reads bodies up to this; the policy's `limits.max_body_bytes` is checked after.

@@ -83,7 +83,8 @@ class SemanticCacheSpec(_Spec):
     """Opt-in: answers for paraphrases, scoped to tenant + model + system prompt + parameters."""
 
     enabled: bool = False
-    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.92
+    # MiniLM scores close paraphrases around 0.88-0.92 and different questions below 0.7.
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.85
     multi_turn: bool = False
 
 

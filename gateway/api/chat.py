@@ -75,7 +75,10 @@ async def chat_completions(scope: Scope, receive: Receive, send: Send) -> None:
         return
     frames = reply.stream
     try:
+        # Start the relay before anything can fail: once started, closing it always settles.
+        first = await anext(frames)
         await send({"type": "http.response.start", "status": reply.status, "headers": [*_SSE, *_headers(reply.headers)]})
+        await send({"type": "http.response.body", "body": first, "more_body": True})
         async for frame in frames:
             await send({"type": "http.response.body", "body": frame, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

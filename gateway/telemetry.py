@@ -1,0 +1,480 @@
+"""Telemetry: OpenTelemetry spans and metrics for every stage of a request.
+
+One `Telemetry` object per app. It owns its own SDK `TracerProvider` and `MeterProvider` (the
+global providers are never set, so several apps in one process do not clash) and a private
+`prometheus_client.CollectorRegistry` that the OTel `PrometheusMetricReader` registers its
+collector on; `metrics_text()` renders that registry for `GET /metrics`.
+
+Metric names follow the OpenTelemetry GenAI semantic conventions where they exist
+(`gen_ai.client.token.usage`, `gen_ai.client.operation.duration`); the rest are `gateway.*`.
+What Prometheus sees (dots become underscores, the unit is appended, counters get `_total`):
+
+    gen_ai_client_token_usage_{bucket,sum,count}              gen_ai_token_type, gen_ai_request_model,
+                                                              gen_ai_provider_name, gen_ai_operation_name
+    gen_ai_client_operation_duration_seconds_{bucket,sum,count}  gen_ai_request_model, gen_ai_provider_name,
+                                                              gen_ai_operation_name, error_type
+    gateway_request_duration_seconds_{bucket,sum,count}       tenant, model, target, provider, stream, status
+    gateway_request_time_to_first_token_seconds_{...}         tenant, model, target, provider, stream
+    gateway_request_queue_time_seconds_{...}                  tenant, model
+    gateway_requests_total                                    tenant, model, target, provider, stream, status, cache
+    gateway_cost_usd_total                                    tenant, model, target, provider
+    gateway_tokens_total                                      tenant, model, provider, type (input|output|cached_input)
+    gateway_errors_total                                      type, model, target
+    gateway_cache_requests_total                              tenant, model, outcome (hit|miss|bypass)
+    gateway_cache_saved_tokens_total / gateway_cache_saved_usd_total   tenant, model
+    gateway_attempts_total                                    target, provider, outcome ("ok" or the error type)
+    gateway_attempt_duration_seconds_{...}                    target, provider, outcome
+    gateway_failovers_total                                   from_target, to_target ("none": nothing left)
+    gateway_breaker_state                                     target (0 closed, 1 half_open, 2 open)
+    gateway_budget_remaining                                  tenant, window
+    gateway_rejections_total                                  reason, tenant, model
+    gateway_policy_reloads_total                              result (ok|error)
+    target_info                                               service_name, ... (resource)
+
+Hot path: every method is a handful of dict lookups plus the SDK's `add`/`record`. Attribute
+dicts are built once per label tuple and cached; with no span exporter configured, spans are
+the SDK's non-recording `INVALID_SPAN` and stages are a shared no-op context manager.
+
+Privacy: no prompt or completion text goes into any span attribute or metric label unless
+`content_capture=True`. Known content attributes (`gen_ai.input.messages`, ...) passed by callers
+are dropped, and exception messages are never recorded on spans (only the exception type).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation import set_span_in_context
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
+__all__ = ["RequestRecord", "Telemetry", "BREAKER_STATES", "LATENCY_BUCKETS"]
+
+# Seconds, 5 ms ... 60 s; 1.0 is a bucket bound so the TTFT SLO (< 1 s) reads straight off it.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0)
+# Gateway-side queueing (auth, admission, budgets, cache) is short: finer at the bottom.
+QUEUE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# GenAI semantic conventions' advisory buckets.
+GENAI_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+
+BREAKER_STATES = {"closed": 0, "half_open": 1, "half-open": 1, "open": 2}
+
+# gen_ai.provider.name values from the semantic conventions, where ours differ.
+_GENAI_PROVIDER = {"azure": "azure.ai.openai"}
+
+# Span attributes that carry prompt/completion content (GenAI semconv names and older ones).
+_CONTENT_KEYS = frozenset({
+    "gen_ai.input.messages", "gen_ai.output.messages", "gen_ai.system_instructions", "gen_ai.prompt",
+    "gen_ai.completion", "gen_ai.tool.definitions", "gen_ai.tool.call.arguments", "gen_ai.tool.call.result",
+    "llm.prompts", "llm.completions", "input.value", "output.value",
+})
+_CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.prompts.", "llm.completions.")
+
+_MAX_CACHED_LABELSETS = 20_000
+_MAX_FREE_LABEL_VALUES = 200  # distinct values kept for caller-influenced labels (then "_other")
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    tenant: str
+    model: str
+    target: str | None
+    provider: str | None  # "openai" | "azure" | "anthropic" | "selfhost"
+    stream: bool
+    status: int
+    error_type: str | None  # taxonomy class name or gateway error code
+    duration_s: float
+    ttft_s: float | None
+    queue_s: float  # auth/admission/budget/cache time before the first upstream attempt
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cost_usd: float
+    cache: str  # "hit" | "miss" | "bypass"
+    fallbacks: int
+    difficulty: float | None = None
+
+
+class _NoopStage:
+    """What `stage()` returns when tracing is off: no allocation, no work."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Span:
+        return INVALID_SPAN
+
+    def __exit__(self, *_: object) -> bool:
+        return False
+
+
+_NOOP_STAGE = _NoopStage()
+
+
+class _Stage:
+    """A child span of the request span, ended on exit. Not attached to the current context:
+    stages of a streamed request may end in another task than the one that opened them."""
+
+    __slots__ = ("_tracer", "_parent", "_name", "_attributes", "_span")
+
+    def __init__(self, tracer: trace.Tracer, parent: Span, name: str, attributes: dict | None) -> None:
+        self._tracer = tracer
+        self._parent = parent
+        self._name = name
+        self._attributes = attributes
+        self._span: Span = INVALID_SPAN
+
+    def __enter__(self) -> Span:
+        self._span = self._tracer.start_span(
+            self._name, context=set_span_in_context(self._parent), attributes=self._attributes
+        )
+        return self._span
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> bool:
+        span = self._span
+        if exc_type is not None:
+            # The type (or the gateway error code) only: exception messages can quote user input.
+            kind = getattr(exc, "code", None) or exc_type.__name__
+            if not isinstance(kind, str):
+                kind = exc_type.__name__
+            span.set_attribute("error.type", kind)
+            span.set_status(Status(StatusCode.ERROR, kind))
+        span.end()
+        return False
+
+
+def _label(value: object, default: str = "none") -> str:
+    if value is None or value == "":
+        return default
+    return value if isinstance(value, str) else str(value)
+
+
+class _Bounded:
+    """Caps the distinct values of a label that a caller can influence (cardinality guard)."""
+
+    __slots__ = ("_seen", "_limit", "_lock")
+
+    def __init__(self, limit: int = _MAX_FREE_LABEL_VALUES) -> None:
+        self._seen: set[str] = set()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str) -> str:
+        if value in self._seen:
+            return value
+        with self._lock:
+            if len(self._seen) >= self._limit:
+                return "_other"
+            value = value[:128]
+            self._seen.add(value)
+            return value
+
+
+class Telemetry:
+    def __init__(
+        self,
+        *,
+        service_name: str = "hybrid-gateway",
+        otlp_endpoint: str | None = None,
+        span_exporter: SpanExporter | None = None,
+        content_capture: bool = False,
+    ) -> None:
+        self.content_capture = content_capture
+        self.resource = Resource.create({"service.name": service_name})
+
+        # -- traces ---------------------------------------------------------------------------
+        self.tracer_provider = TracerProvider(resource=self.resource)
+        self.tracing = False
+        endpoint = otlp_endpoint if otlp_endpoint is not None else os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        traces_endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        if endpoint or (otlp_endpoint is None and traces_endpoint):
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            if otlp_endpoint is None and traces_endpoint:
+                exporter = OTLPSpanExporter(endpoint=traces_endpoint)
+            else:
+                base = endpoint.rstrip("/")
+                exporter = OTLPSpanExporter(endpoint=base if base.endswith("/v1/traces") else base + "/v1/traces")
+            self.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+            self.tracing = True
+        if span_exporter is not None:
+            self.tracer_provider.add_span_processor(SimpleSpanProcessor(span_exporter))
+            self.tracing = True
+        self.tracer = self.tracer_provider.get_tracer("gateway")
+        self._propagator = TraceContextTextMapPropagator()
+
+        # -- metrics --------------------------------------------------------------------------
+        # The reader registers its collector on the registry it is given: a private one, never
+        # prometheus_client's global REGISTRY.
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.reader = PrometheusMetricReader(scope_info_enabled=False, registry=self.registry)
+        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader])
+        m = self.meter_provider.get_meter("gateway")
+
+        hist = m.create_histogram
+        self._genai_tokens = hist(
+            "gen_ai.client.token.usage", unit="{token}", description="Tokens used per GenAI operation.",
+            explicit_bucket_boundaries_advisory=GENAI_TOKEN_BUCKETS)
+        self._genai_duration = hist(
+            "gen_ai.client.operation.duration", unit="s", description="Duration of GenAI operations.",
+            explicit_bucket_boundaries_advisory=GENAI_DURATION_BUCKETS)
+        self._duration = hist(
+            "gateway.request.duration", unit="s", description="End-to-end request latency seen by the gateway.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
+        self._ttft = hist(
+            "gateway.request.time_to_first_token", unit="s", description="Time to the first token sent to the caller.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
+        self._queue = hist(
+            "gateway.request.queue_time", unit="s",
+            description="Time in auth, admission, budgets and cache before the first upstream attempt.",
+            explicit_bucket_boundaries_advisory=QUEUE_BUCKETS)
+        self._attempt_duration = hist(
+            "gateway.attempt.duration", unit="s", description="Duration of one upstream attempt.",
+            explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
+
+        cnt = m.create_counter
+        self._requests = cnt("gateway.requests", unit="{request}", description="Requests finished, by status.")
+        self._cost = cnt("gateway.cost.usd", unit="{USD}", description="Spend in US dollars.")
+        self._tokens = cnt("gateway.tokens", unit="{token}", description="Tokens by type (input, output, cached_input).")
+        self._errors = cnt("gateway.errors", unit="{error}", description="Failed requests by error type.")
+        self._cache_requests = cnt("gateway.cache.requests", unit="{request}",
+                                   description="Response-cache lookups by outcome (hit, miss, bypass).")
+        self._cache_saved_tokens = cnt("gateway.cache.saved_tokens", unit="{token}",
+                                       description="Tokens not sent upstream thanks to the response cache.")
+        self._cache_saved_usd = cnt("gateway.cache.saved_usd", unit="{USD}",
+                                    description="Spend avoided thanks to the response cache.")
+        self._attempts = cnt("gateway.attempts", unit="{attempt}", description="Upstream attempts by outcome.")
+        self._failovers = cnt("gateway.failovers", unit="{failover}", description="Failovers from one target to the next.")
+        self._rejections = cnt("gateway.rejections", unit="{request}", description="Requests rejected before routing.")
+        self._reloads = cnt("gateway.policy.reloads", unit="{reload}", description="Policy reloads by result.")
+
+        self._breaker = m.create_gauge("gateway.breaker.state", description="Breaker state: 0 closed, 1 half-open, 2 open.")
+        self._budget = m.create_gauge("gateway.budget.remaining",
+                                      description="Budget left in the current window (the window's unit).")
+
+        # label tuple -> prebuilt attribute dicts
+        self._request_sets: dict[tuple, tuple] = {}
+        self._cache_sets: dict[tuple, dict] = {}
+        self._attempt_sets: dict[tuple, dict] = {}
+        self._failover_sets: dict[tuple, dict] = {}
+        self._breaker_sets: dict[str, dict] = {}
+        self._budget_sets: dict[tuple, dict] = {}
+        self._reject_sets: dict[tuple, dict] = {}
+        self._reload_sets = {True: {"result": "ok"}, False: {"result": "error"}}
+        self._free_model = _Bounded()
+        self._free_tenant = _Bounded()
+        self._free_reason = _Bounded(64)
+        self._closed = False
+
+    # -- metrics endpoint -----------------------------------------------------------------------
+
+    def metrics_text(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    # -- traces ---------------------------------------------------------------------------------
+
+    def _clean(self, attributes: Mapping[str, Any] | None) -> dict | None:
+        if not attributes:
+            return None
+        if self.content_capture:
+            return dict(attributes)
+        return {k: v for k, v in attributes.items()
+                if k not in _CONTENT_KEYS and not k.startswith(_CONTENT_PREFIXES)}
+
+    def request_span(self, name: str, attributes: dict, headers: Mapping[str, str] | None = None) -> Span:
+        """The root span of one request; not made current. `headers` (optional, an extension of
+        the contract) continues a caller's W3C `traceparent`."""
+        if not self.tracing:
+            return INVALID_SPAN
+        context = Context()
+        if headers is not None and "traceparent" in headers:
+            context = self._propagator.extract(headers, context=context)
+        return self.tracer.start_span(name, context=context, kind=SpanKind.SERVER,
+                                      attributes=self._clean(attributes))
+
+    def end_request_span(self, span: Span, record: RequestRecord | None, error: str | None = None) -> None:
+        if not span.is_recording():
+            return
+        if record is not None:
+            provider = record.provider
+            attrs: dict[str, Any] = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": record.model,
+                "gen_ai.usage.input_tokens": record.prompt_tokens,
+                "gen_ai.usage.output_tokens": record.completion_tokens,
+                "http.response.status_code": record.status,
+                "gateway.tenant": record.tenant,
+                "gateway.stream": record.stream,
+                "gateway.cache": record.cache,
+                "gateway.fallbacks": record.fallbacks,
+                "gateway.cost_usd": record.cost_usd,
+                "gateway.queue_s": record.queue_s,
+                "gateway.duration_s": record.duration_s,
+                "gateway.cached_tokens": record.cached_tokens,
+            }
+            if provider:
+                attrs["gen_ai.provider.name"] = _GENAI_PROVIDER.get(provider, provider)
+            if record.target:
+                attrs["gateway.target"] = record.target
+            if record.ttft_s is not None:
+                attrs["gateway.ttft_s"] = record.ttft_s
+            if record.difficulty is not None:
+                attrs["gateway.difficulty"] = record.difficulty
+            if record.error_type:
+                attrs["error.type"] = record.error_type
+            span.set_attributes(attrs)
+            if record.status >= 500 or (error is None and record.error_type and record.status >= 400):
+                span.set_status(Status(StatusCode.ERROR, record.error_type or str(record.status)))
+        if error is not None:
+            span.set_attribute("error.type", error)
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
+
+    def stage(self, parent: Span, name: str, attributes: dict | None = None) -> _Stage | _NoopStage:
+        if not self.tracing or not parent.is_recording():
+            return _NOOP_STAGE
+        return _Stage(self.tracer, parent, name, self._clean(attributes))
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def _request_labels(self, r: RequestRecord) -> tuple:
+        key = (r.tenant, r.model, r.target, r.provider, r.stream, r.status, r.cache, r.error_type)
+        sets = self._request_sets.get(key)
+        if sets is not None:
+            return sets
+        tenant, model = _label(r.tenant, "unknown"), _label(r.model, "unknown")
+        target, provider = _label(r.target), _label(r.provider)
+        stream = "true" if r.stream else "false"
+        status = str(r.status)
+        genai_provider = _GENAI_PROVIDER.get(provider, provider)
+        genai = {"gen_ai.operation.name": "chat", "gen_ai.request.model": model, "gen_ai.provider.name": genai_provider}
+        genai_duration = dict(genai)
+        if r.error_type:
+            genai_duration["error.type"] = r.error_type
+        sets = (
+            {"gen_ai.token.type": "input", **genai},                       # 0 genai input tokens
+            {"gen_ai.token.type": "output", **genai},                      # 1 genai output tokens
+            genai_duration,                                                # 2 genai duration
+            {"tenant": tenant, "model": model, "target": target, "provider": provider,
+             "stream": stream, "status": status},                          # 3 duration
+            {"tenant": tenant, "model": model, "target": target, "provider": provider,
+             "stream": stream},                                            # 4 ttft
+            {"tenant": tenant, "model": model},                            # 5 queue
+            {"tenant": tenant, "model": model, "target": target, "provider": provider,
+             "stream": stream, "status": status, "cache": _label(r.cache, "bypass")},  # 6 requests
+            {"tenant": tenant, "model": model, "target": target, "provider": provider},  # 7 cost
+            {"tenant": tenant, "model": model, "provider": provider, "type": "input"},   # 8 tokens
+            {"tenant": tenant, "model": model, "provider": provider, "type": "output"},  # 9
+            {"tenant": tenant, "model": model, "provider": provider, "type": "cached_input"},  # 10
+            {"type": r.error_type, "model": model, "target": target} if r.error_type else None,  # 11 errors
+        )
+        if len(self._request_sets) >= _MAX_CACHED_LABELSETS:
+            self._request_sets.clear()
+        self._request_sets[key] = sets
+        return sets
+
+    def request_done(self, record: RequestRecord) -> None:
+        s = self._request_labels(record)
+        self._requests.add(1, s[6])
+        self._duration.record(record.duration_s, s[3])
+        self._genai_duration.record(record.duration_s, s[2])
+        if record.ttft_s is not None:
+            self._ttft.record(record.ttft_s, s[4])
+        self._queue.record(record.queue_s, s[5])
+        if record.prompt_tokens or record.completion_tokens:
+            self._genai_tokens.record(record.prompt_tokens, s[0])
+            self._genai_tokens.record(record.completion_tokens, s[1])
+            self._tokens.add(record.prompt_tokens, s[8])
+            self._tokens.add(record.completion_tokens, s[9])
+            if record.cached_tokens:
+                self._tokens.add(record.cached_tokens, s[10])
+        if record.target is not None:
+            self._cost.add(record.cost_usd, s[7])  # zero too: a self-hosted target's share shows as a series
+        if s[11] is not None:
+            self._errors.add(1, s[11])
+
+    def rejected(self, reason: str, tenant: str | None, model: str | None) -> None:
+        key = (reason, tenant, model)
+        attrs = self._reject_sets.get(key)
+        if attrs is None:
+            # The model (and, before auth, the tenant) can be whatever a caller sent: bounded.
+            attrs = {"reason": self._free_reason(_label(reason, "unknown")),
+                     "tenant": self._free_tenant(_label(tenant, "unknown")),
+                     "model": self._free_model(_label(model, "unknown"))}
+            if len(self._reject_sets) >= _MAX_CACHED_LABELSETS:
+                self._reject_sets.clear()
+            self._reject_sets[key] = attrs
+        self._rejections.add(1, attrs)
+
+    def attempt(self, target: str, provider: str, error_type: str | None, seconds: float) -> None:
+        key = (target, provider, error_type)
+        attrs = self._attempt_sets.get(key)
+        if attrs is None:
+            attrs = {"target": _label(target), "provider": _label(provider), "outcome": error_type or "ok"}
+            self._attempt_sets[key] = attrs
+        self._attempts.add(1, attrs)
+        self._attempt_duration.record(seconds, attrs)
+
+    def failover(self, from_target: str, to_target: str | None) -> None:
+        key = (from_target, to_target)
+        attrs = self._failover_sets.get(key)
+        if attrs is None:
+            attrs = {"from_target": _label(from_target), "to_target": _label(to_target)}
+            self._failover_sets[key] = attrs
+        self._failovers.add(1, attrs)
+
+    def breaker_state(self, target: str, state: str) -> None:
+        attrs = self._breaker_sets.get(target)
+        if attrs is None:
+            attrs = {"target": _label(target)}
+            self._breaker_sets[target] = attrs
+        self._breaker.set(BREAKER_STATES.get(state, 2), attrs)
+
+    def budget_remaining(self, tenant: str, window: str, remaining: float) -> None:
+        key = (tenant, window)
+        attrs = self._budget_sets.get(key)
+        if attrs is None:
+            attrs = {"tenant": _label(tenant, "unknown"), "window": _label(window, "unknown")}
+            self._budget_sets[key] = attrs
+        self._budget.set(remaining, attrs)
+
+    def cache_event(self, tenant: str, model: str, outcome: str, tokens_saved: int = 0, usd_saved: float = 0.0) -> None:
+        key = (tenant, model, outcome)
+        attrs = self._cache_sets.get(key)
+        if attrs is None:
+            attrs = {"tenant": _label(tenant, "unknown"), "model": _label(model, "unknown"), "outcome": outcome}
+            self._cache_sets[key] = attrs
+            self._cache_sets[(tenant, model, None)] = {"tenant": attrs["tenant"], "model": attrs["model"]}
+        self._cache_requests.add(1, attrs)
+        if tokens_saved or usd_saved:
+            saved = self._cache_sets[(tenant, model, None)]
+            self._cache_saved_tokens.add(tokens_saved, saved)
+            self._cache_saved_usd.add(usd_saved, saved)
+
+    def policy_reload(self, ok: bool) -> None:
+        self._reloads.add(1, self._reload_sets[bool(ok)])
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.tracer_provider.shutdown()
+        finally:
+            self.meter_provider.shutdown()
