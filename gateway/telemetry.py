@@ -51,7 +51,8 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
@@ -59,7 +60,7 @@ from opentelemetry.trace import INVALID_SPAN, Span, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation import set_span_in_context
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
@@ -89,6 +90,42 @@ _CONTENT_PREFIXES = ("gen_ai.prompt.", "gen_ai.completion.", "llm.prompts.", "ll
 
 _MAX_CACHED_LABELSETS = 20_000
 _MAX_FREE_LABEL_VALUES = 200  # distinct values kept for caller-influenced labels (then "_other")
+
+
+# (OTel name, unit, description): cumulative counters kept in local cells, read at collection.
+_COUNTERS = (
+    ("gateway.requests", "{request}", "Requests finished, by status."),
+    ("gateway.cost.usd", "{USD}", "Spend in US dollars."),
+    ("gateway.tokens", "{token}", "Tokens by type (input, output, cached_input)."),
+    ("gateway.errors", "{error}", "Failed requests by error type."),
+    ("gateway.cache.requests", "{request}", "Response-cache lookups by outcome (hit, miss, bypass)."),
+    ("gateway.cache.saved_tokens", "{token}", "Tokens not sent upstream thanks to the response cache."),
+    ("gateway.cache.saved_usd", "{USD}", "Spend avoided thanks to the response cache."),
+    ("gateway.attempts", "{attempt}", "Upstream attempts by outcome (ok or the error type)."),
+    ("gateway.failovers", "{failover}", "Failovers from one target to the next (to_target none: nothing left)."),
+    ("gateway.rejections", "{request}", "Requests rejected before reaching an upstream, by reason."),
+    ("gateway.policy.reloads", "{reload}", "Policy reloads by result."),
+)
+_GAUGES = (
+    ("gateway.breaker.state", "", "Breaker state per target: 0 closed, 1 half-open, 2 open."),
+    ("gateway.budget.remaining", "", "Budget left in the current window, in the window's unit."),
+)
+
+
+def _cell(cells: dict[tuple, list], attrs: dict) -> list:
+    """The [value, attributes] cell of one label set (created once; cumulative for its lifetime)."""
+    key = tuple(sorted(attrs.items()))
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = [0, attrs]
+    return cell
+
+
+def _observe(cells: dict[tuple, list]):
+    def callback(_options: CallbackOptions) -> list[Observation]:
+        return [Observation(value, attrs) for value, attrs in list(cells.values())]
+
+    return callback
 
 
 @dataclass(slots=True)
@@ -224,9 +261,12 @@ class Telemetry:
         # prometheus_client's global REGISTRY.
         self.registry = CollectorRegistry(auto_describe=False)
         self.reader = PrometheusMetricReader(scope_info_enabled=False, registry=self.registry)
-        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader])
+        self.meter_provider = MeterProvider(resource=self.resource, metric_readers=[self.reader],
+                                           exemplar_filter=AlwaysOffExemplarFilter())
         m = self.meter_provider.get_meter("gateway")
 
+        # Histograms: synchronous SDK instruments (~3-8 us a record: the SDK cleans and hashes
+        # the attribute dict on every call, hence the cached dicts below).
         hist = m.create_histogram
         self._genai_tokens = hist(
             "gen_ai.client.token.usage", unit="{token}", description="Tokens used per GenAI operation.",
@@ -248,35 +288,40 @@ class Telemetry:
             "gateway.attempt.duration", unit="s", description="Duration of one upstream attempt.",
             explicit_bucket_boundaries_advisory=LATENCY_BUCKETS)
 
-        cnt = m.create_counter
-        self._requests = cnt("gateway.requests", unit="{request}", description="Requests finished, by status.")
-        self._cost = cnt("gateway.cost.usd", unit="{USD}", description="Spend in US dollars.")
-        self._tokens = cnt("gateway.tokens", unit="{token}", description="Tokens by type (input, output, cached_input).")
-        self._errors = cnt("gateway.errors", unit="{error}", description="Failed requests by error type.")
-        self._cache_requests = cnt("gateway.cache.requests", unit="{request}",
-                                   description="Response-cache lookups by outcome (hit, miss, bypass).")
-        self._cache_saved_tokens = cnt("gateway.cache.saved_tokens", unit="{token}",
-                                       description="Tokens not sent upstream thanks to the response cache.")
-        self._cache_saved_usd = cnt("gateway.cache.saved_usd", unit="{USD}",
-                                    description="Spend avoided thanks to the response cache.")
-        self._attempts = cnt("gateway.attempts", unit="{attempt}", description="Upstream attempts by outcome.")
-        self._failovers = cnt("gateway.failovers", unit="{failover}", description="Failovers from one target to the next.")
-        self._rejections = cnt("gateway.rejections", unit="{request}", description="Requests rejected before routing.")
-        self._reloads = cnt("gateway.policy.reloads", unit="{reload}", description="Policy reloads by result.")
+        # Counters and gauges: the hot path adds to a plain [value, attributes] cell under a lock
+        # (well under a microsecond); OTel observable instruments report the cumulative values
+        # when the reader collects. A synchronous SDK `add` would cost as much as a histogram record.
+        self._lock = threading.Lock()
+        cells: dict[str, dict[tuple, list]] = {}
+        for name, unit, description in _COUNTERS:
+            cells[name] = c = {}
+            m.create_observable_counter(name, callbacks=[_observe(c)], unit=unit, description=description)
+        for name, unit, description in _GAUGES:
+            cells[name] = c = {}
+            m.create_observable_gauge(name, callbacks=[_observe(c)], unit=unit, description=description)
+        self._requests = cells["gateway.requests"]
+        self._cost = cells["gateway.cost.usd"]
+        self._tokens = cells["gateway.tokens"]
+        self._errors = cells["gateway.errors"]
+        self._cache_requests = cells["gateway.cache.requests"]
+        self._cache_saved_tokens = cells["gateway.cache.saved_tokens"]
+        self._cache_saved_usd = cells["gateway.cache.saved_usd"]
+        self._attempts = cells["gateway.attempts"]
+        self._failovers = cells["gateway.failovers"]
+        self._rejections = cells["gateway.rejections"]
+        self._reloads = cells["gateway.policy.reloads"]
+        self._breaker = cells["gateway.breaker.state"]
+        self._budget = cells["gateway.budget.remaining"]
 
-        self._breaker = m.create_gauge("gateway.breaker.state", description="Breaker state: 0 closed, 1 half-open, 2 open.")
-        self._budget = m.create_gauge("gateway.budget.remaining",
-                                      description="Budget left in the current window (the window's unit).")
-
-        # label tuple -> prebuilt attribute dicts
+        # label tuple -> prebuilt attribute dicts and counter cells
         self._request_sets: dict[tuple, tuple] = {}
-        self._cache_sets: dict[tuple, dict] = {}
-        self._attempt_sets: dict[tuple, dict] = {}
-        self._failover_sets: dict[tuple, dict] = {}
-        self._breaker_sets: dict[str, dict] = {}
-        self._budget_sets: dict[tuple, dict] = {}
-        self._reject_sets: dict[tuple, dict] = {}
-        self._reload_sets = {True: {"result": "ok"}, False: {"result": "error"}}
+        self._cache_sets: dict[tuple, tuple] = {}
+        self._attempt_sets: dict[tuple, tuple] = {}
+        self._failover_sets: dict[tuple, list] = {}
+        self._breaker_sets: dict[str, list] = {}
+        self._budget_sets: dict[tuple, list] = {}
+        self._reject_sets: dict[tuple, list] = {}
+        self._reload_sets = {ok: _cell(self._reloads, {"result": "ok" if ok else "error"}) for ok in (True, False)}
         self._free_model = _Bounded()
         self._free_tenant = _Bounded()
         self._free_reason = _Bounded(64)
@@ -285,7 +330,8 @@ class Telemetry:
     # -- metrics endpoint -----------------------------------------------------------------------
 
     def metrics_text(self) -> tuple[bytes, str]:
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        """Body and content type for `GET /metrics` (Prometheus text format 0.0.4)."""
+        return generate_latest(self.registry), CONTENT_TYPE_PLAIN_0_0_4
 
     # -- traces ---------------------------------------------------------------------------------
 
@@ -367,108 +413,127 @@ class Telemetry:
         genai_duration = dict(genai)
         if r.error_type:
             genai_duration["error.type"] = r.error_type
-        sets = (
-            {"gen_ai.token.type": "input", **genai},                       # 0 genai input tokens
-            {"gen_ai.token.type": "output", **genai},                      # 1 genai output tokens
-            genai_duration,                                                # 2 genai duration
-            {"tenant": tenant, "model": model, "target": target, "provider": provider,
-             "stream": stream, "status": status},                          # 3 duration
-            {"tenant": tenant, "model": model, "target": target, "provider": provider,
-             "stream": stream},                                            # 4 ttft
-            {"tenant": tenant, "model": model},                            # 5 queue
-            {"tenant": tenant, "model": model, "target": target, "provider": provider,
-             "stream": stream, "status": status, "cache": _label(r.cache, "bypass")},  # 6 requests
-            {"tenant": tenant, "model": model, "target": target, "provider": provider},  # 7 cost
-            {"tenant": tenant, "model": model, "provider": provider, "type": "input"},   # 8 tokens
-            {"tenant": tenant, "model": model, "provider": provider, "type": "output"},  # 9
-            {"tenant": tenant, "model": model, "provider": provider, "type": "cached_input"},  # 10
-            {"type": r.error_type, "model": model, "target": target} if r.error_type else None,  # 11 errors
-        )
-        if len(self._request_sets) >= _MAX_CACHED_LABELSETS:
-            self._request_sets.clear()
-        self._request_sets[key] = sets
+        per_target = {"tenant": tenant, "model": model, "target": target, "provider": provider}
+        with self._lock:
+            sets = (
+                {"gen_ai.token.type": "input", **genai},                                   # 0 histogram
+                {"gen_ai.token.type": "output", **genai},                                  # 1 histogram
+                genai_duration,                                                            # 2 histogram
+                {**per_target, "stream": stream, "status": status},                        # 3 histogram
+                {**per_target, "stream": stream},                                          # 4 histogram
+                {"tenant": tenant, "model": model},                                        # 5 histogram
+                _cell(self._requests, {**per_target, "stream": stream, "status": status,
+                                       "cache": _label(r.cache, "bypass")}),               # 6 cell
+                _cell(self._cost, per_target),                                             # 7 cell
+                _cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "input"}),
+                _cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "output"}),
+                _cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "cached_input"}),
+                _cell(self._errors, {"type": r.error_type, "model": model, "target": target})
+                if r.error_type else None,                                                 # 11 cell
+            )
+            if len(self._request_sets) >= _MAX_CACHED_LABELSETS:
+                self._request_sets.clear()
+            self._request_sets[key] = sets
         return sets
 
     def request_done(self, record: RequestRecord) -> None:
         s = self._request_labels(record)
-        self._requests.add(1, s[6])
-        self._duration.record(record.duration_s, s[3])
-        self._genai_duration.record(record.duration_s, s[2])
+        prompt, completion = record.prompt_tokens, record.completion_tokens
+        with self._lock:
+            s[6][0] += 1
+            if record.target is not None:
+                s[7][0] += record.cost_usd  # zero too: a self-hosted target's share still shows
+            if prompt or completion:
+                s[8][0] += prompt
+                s[9][0] += completion
+                if record.cached_tokens:
+                    s[10][0] += record.cached_tokens
+            if s[11] is not None:
+                s[11][0] += 1
+        duration = record.duration_s
+        self._duration.record(duration, s[3])
+        self._genai_duration.record(duration, s[2])
         if record.ttft_s is not None:
             self._ttft.record(record.ttft_s, s[4])
         self._queue.record(record.queue_s, s[5])
-        if record.prompt_tokens or record.completion_tokens:
-            self._genai_tokens.record(record.prompt_tokens, s[0])
-            self._genai_tokens.record(record.completion_tokens, s[1])
-            self._tokens.add(record.prompt_tokens, s[8])
-            self._tokens.add(record.completion_tokens, s[9])
-            if record.cached_tokens:
-                self._tokens.add(record.cached_tokens, s[10])
-        if record.target is not None:
-            self._cost.add(record.cost_usd, s[7])  # zero too: a self-hosted target's share shows as a series
-        if s[11] is not None:
-            self._errors.add(1, s[11])
+        if prompt or completion:
+            self._genai_tokens.record(prompt, s[0])
+            self._genai_tokens.record(completion, s[1])
 
     def rejected(self, reason: str, tenant: str | None, model: str | None) -> None:
         key = (reason, tenant, model)
-        attrs = self._reject_sets.get(key)
-        if attrs is None:
+        cell = self._reject_sets.get(key)
+        if cell is None:
             # The model (and, before auth, the tenant) can be whatever a caller sent: bounded.
             attrs = {"reason": self._free_reason(_label(reason, "unknown")),
                      "tenant": self._free_tenant(_label(tenant, "unknown")),
                      "model": self._free_model(_label(model, "unknown"))}
+            with self._lock:
+                cell = _cell(self._rejections, attrs)
             if len(self._reject_sets) >= _MAX_CACHED_LABELSETS:
                 self._reject_sets.clear()
-            self._reject_sets[key] = attrs
-        self._rejections.add(1, attrs)
+            self._reject_sets[key] = cell
+        with self._lock:
+            cell[0] += 1
 
     def attempt(self, target: str, provider: str, error_type: str | None, seconds: float) -> None:
         key = (target, provider, error_type)
-        attrs = self._attempt_sets.get(key)
-        if attrs is None:
+        sets = self._attempt_sets.get(key)
+        if sets is None:
             attrs = {"target": _label(target), "provider": _label(provider), "outcome": error_type or "ok"}
-            self._attempt_sets[key] = attrs
-        self._attempts.add(1, attrs)
-        self._attempt_duration.record(seconds, attrs)
+            with self._lock:
+                sets = self._attempt_sets[key] = (_cell(self._attempts, attrs), attrs)
+        with self._lock:
+            sets[0][0] += 1
+        self._attempt_duration.record(seconds, sets[1])
 
     def failover(self, from_target: str, to_target: str | None) -> None:
         key = (from_target, to_target)
-        attrs = self._failover_sets.get(key)
-        if attrs is None:
-            attrs = {"from_target": _label(from_target), "to_target": _label(to_target)}
-            self._failover_sets[key] = attrs
-        self._failovers.add(1, attrs)
+        cell = self._failover_sets.get(key)
+        if cell is None:
+            with self._lock:
+                cell = self._failover_sets[key] = _cell(
+                    self._failovers, {"from_target": _label(from_target), "to_target": _label(to_target)})
+        with self._lock:
+            cell[0] += 1
 
     def breaker_state(self, target: str, state: str) -> None:
-        attrs = self._breaker_sets.get(target)
-        if attrs is None:
-            attrs = {"target": _label(target)}
-            self._breaker_sets[target] = attrs
-        self._breaker.set(BREAKER_STATES.get(state, 2), attrs)
+        cell = self._breaker_sets.get(target)
+        if cell is None:
+            with self._lock:
+                cell = self._breaker_sets[target] = _cell(self._breaker, {"target": _label(target)})
+        cell[0] = BREAKER_STATES.get(state, 2)
 
     def budget_remaining(self, tenant: str, window: str, remaining: float) -> None:
         key = (tenant, window)
-        attrs = self._budget_sets.get(key)
-        if attrs is None:
-            attrs = {"tenant": _label(tenant, "unknown"), "window": _label(window, "unknown")}
-            self._budget_sets[key] = attrs
-        self._budget.set(remaining, attrs)
+        cell = self._budget_sets.get(key)
+        if cell is None:
+            with self._lock:
+                cell = self._budget_sets[key] = _cell(
+                    self._budget, {"tenant": _label(tenant, "unknown"), "window": _label(window, "unknown")})
+        cell[0] = remaining
 
     def cache_event(self, tenant: str, model: str, outcome: str, tokens_saved: int = 0, usd_saved: float = 0.0) -> None:
         key = (tenant, model, outcome)
-        attrs = self._cache_sets.get(key)
-        if attrs is None:
-            attrs = {"tenant": _label(tenant, "unknown"), "model": _label(model, "unknown"), "outcome": outcome}
-            self._cache_sets[key] = attrs
-            self._cache_sets[(tenant, model, None)] = {"tenant": attrs["tenant"], "model": attrs["model"]}
-        self._cache_requests.add(1, attrs)
-        if tokens_saved or usd_saved:
-            saved = self._cache_sets[(tenant, model, None)]
-            self._cache_saved_tokens.add(tokens_saved, saved)
-            self._cache_saved_usd.add(usd_saved, saved)
+        sets = self._cache_sets.get(key)
+        if sets is None:
+            labels = {"tenant": _label(tenant, "unknown"), "model": _label(model, "unknown")}
+            with self._lock:
+                sets = self._cache_sets[key] = (
+                    _cell(self._cache_requests, {**labels, "outcome": _label(outcome, "unknown")}),
+                    _cell(self._cache_saved_tokens, labels),
+                    _cell(self._cache_saved_usd, labels),
+                )
+        with self._lock:
+            sets[0][0] += 1
+            if tokens_saved or usd_saved:
+                sets[1][0] += tokens_saved
+                sets[2][0] += usd_saved
 
     def policy_reload(self, ok: bool) -> None:
-        self._reloads.add(1, self._reload_sets[bool(ok)])
+        cell = self._reload_sets[bool(ok)]
+        with self._lock:
+            cell[0] += 1
 
     def shutdown(self) -> None:
         if self._closed:
