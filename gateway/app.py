@@ -121,6 +121,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             }
         else:
             checks["state_store"] = {"ok": True, "detail": "memory (embedded default)"}
+        semantic = app.state.gateway.semantic
+        if semantic is not None:  # informational: lookups wait for the model rather than fail
+            loaded = semantic.embedder.loaded
+            checks["semantic_cache"] = {"ok": True, "detail": "model loaded" if loaded else "model loading"}
         return checks
 
     app = Litestar(

@@ -47,7 +47,9 @@ def _openai(name: str, spec: TargetSpec, clients: Clients) -> Provider:
 def _anthropic(name: str, spec: TargetSpec, clients: Clients) -> Provider:
     from providers.anthropic import AnthropicProvider
 
-    return AnthropicProvider(name, spec, clients.http)
+    # The pipeline sets `prefix_key` only for prefixes over the policy's prompt_cache_min_tokens,
+    # so the policy is the one threshold for cache_control breakpoints.
+    return AnthropicProvider(name, spec, clients.http, min_cache_chars=0)
 
 
 def _selfhost(name: str, spec: TargetSpec, clients: Clients) -> Provider:
