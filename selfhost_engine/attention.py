@@ -24,8 +24,8 @@ class PrefillChunk:
     q_start: int        # offset in the packed batch
     q_len: int
     ctx_len: int        # tokens of context after this chunk (cached + new)
-    slots: torch.Tensor | None = None   # [ctx_len] slots of the whole context when ctx_len > q_len
-    mask: torch.Tensor | None = None    # [q_len, ctx_len] bool, lower-right causal
+    blocks: torch.Tensor | None = None  # [nb] block ids of the whole context when ctx_len > q_len
+    mask: torch.Tensor | None = None    # [q_len, nb * block_size] bool, lower-right causal
 
 
 @dataclass
@@ -33,8 +33,8 @@ class AttentionContext:
     kv: KVCache
     slot_mapping: torch.Tensor                      # [T]
     num_decodes: int = 0
-    decode_slots: torch.Tensor | None = None        # [B, Lmax] gather indices (padded with slot 0)
-    decode_mask: torch.Tensor | None = None         # [B, 1, 1, Lmax] bool
+    decode_blocks: torch.Tensor | None = None       # [B, nb] block tables (padded with block 0)
+    decode_mask: torch.Tensor | None = None         # [B, 1, 1, nb * block_size] bool
     prefills: list[PrefillChunk] = field(default_factory=list)
 
 
@@ -52,15 +52,13 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     k_new = key[0].transpose(0, 1)          # [T, KVH, D]
     v_new = value[0].transpose(0, 1)
     ctx.kv.write(layer, ctx.slot_mapping, k_new, v_new)
-    k_flat, v_flat = ctx.kv.k_flat[layer], ctx.kv.v_flat[layer]
     out = torch.empty((T, H, D), dtype=query.dtype, device=query.device)
 
     B = ctx.num_decodes
     if B:
-        idx = ctx.decode_slots
-        L = idx.shape[1]
-        kd = k_flat.index_select(0, idx.reshape(-1)).view(B, L, KVH, D).transpose(1, 2)  # [B,KVH,L,D]
-        vd = v_flat.index_select(0, idx.reshape(-1)).view(B, L, KVH, D).transpose(1, 2)
+        kd, vd = ctx.kv.gather(layer, ctx.decode_blocks.reshape(-1))
+        kd = kd.view(B, -1, KVH, D).transpose(1, 2)   # [B, KVH, L, D]
+        vd = vd.view(B, -1, KVH, D).transpose(1, 2)
         qd = q[:B].reshape(B, KVH, G, D)    # the G query heads sharing a KV head act as G "positions"
         od = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=ctx.decode_mask, scale=scaling)
         out[:B] = od.reshape(B, H, D)
@@ -68,13 +66,13 @@ def paged_attention_forward(module, query, key, value, attention_mask, scaling=N
     for p in ctx.prefills:
         s, n = p.q_start, p.q_len
         qp = q[s:s + n].transpose(0, 1)     # [H, n, D]
-        if p.slots is None:                 # fresh prompt chunk: attend to itself, plain causal
+        if p.blocks is None:                 # fresh prompt chunk: attend to itself, plain causal
             kp = k_new[s:s + n].transpose(0, 1)
             vp = v_new[s:s + n].transpose(0, 1)
             op = F.scaled_dot_product_attention(qp, kp, vp, is_causal=True, scale=scaling, enable_gqa=G > 1)
         else:                               # continues a cached context: lower-right causal mask
-            kp = k_flat.index_select(0, p.slots).transpose(0, 1)   # [KVH, L, D]
-            vp = v_flat.index_select(0, p.slots).transpose(0, 1)
+            kp, vp = ctx.kv.gather(layer, p.blocks)
+            kp, vp = kp.transpose(0, 1), vp.transpose(0, 1)          # [KVH, L, D]
             op = F.scaled_dot_product_attention(qp, kp, vp, attn_mask=p.mask, scale=scaling, enable_gqa=G > 1)
         out[s:s + n] = op.transpose(0, 1)
     return out.unsqueeze(0), None

@@ -130,10 +130,9 @@ class ModelRunner:
             if i >= num_decodes:
                 chunk = PrefillChunk(off, n, c + n)
                 if c > 0:
-                    ctx_pos = torch.arange(c + n)
-                    bt_t = torch.tensor(bt, dtype=torch.long)
-                    chunk.slots = (bt_t[ctx_pos // bs] * bs + ctx_pos % bs).to(dev)
-                    chunk.mask = (ctx_pos[None, :] <= (c + torch.arange(n))[:, None]).to(dev)
+                    nb = -(-(c + n) // bs)
+                    chunk.blocks = torch.tensor(bt[:nb], dtype=torch.long, device=dev)
+                    chunk.mask = (torch.arange(nb * bs)[None, :] <= (c + torch.arange(n))[:, None]).to(dev)
                 prefills.append(chunk)
             off += n
             if c + n == seq.num_tokens:
@@ -143,14 +142,11 @@ class ModelRunner:
         if num_decodes:
             dseqs = [s for s, _ in scheduled[:num_decodes]]
             lens = [s.num_computed_tokens + 1 for s in dseqs]
-            lmax = max(lens)
-            nb = -(-lmax // bs)
-            bt = torch.tensor([s.block_table[:nb] + [0] * (nb - len(s.block_table[:nb])) for s in dseqs],
-                              dtype=torch.long)
-            idx = (bt[:, :, None] * bs + torch.arange(bs)).view(num_decodes, nb * bs)[:, :lmax]
-            mask = torch.arange(lmax)[None, :] < torch.tensor(lens)[:, None]
-            ctx.decode_slots = idx.to(dev)
-            ctx.decode_mask = mask.view(num_decodes, 1, 1, lmax).to(dev)
+            nb = -(-max(lens) // bs)
+            bt = [s.block_table[:nb] for s in dseqs]
+            ctx.decode_blocks = torch.tensor([b + [0] * (nb - len(b)) for b in bt], dtype=torch.long, device=dev)
+            mask = torch.arange(nb * bs)[None, :] < torch.tensor(lens)[:, None]
+            ctx.decode_mask = mask.view(num_decodes, 1, 1, nb * bs).to(dev)
         input_ids = torch.tensor(ids, dtype=torch.long, device=dev)[None]
         positions = torch.tensor(pos, dtype=torch.long, device=dev)[None]
         return input_ids, positions, ctx, keep
@@ -183,17 +179,18 @@ class ModelRunner:
         c = self.config
         dev = self.device
         mx = max(self._graph_buckets())
-        width = math.ceil(c.max_model_len / c.block_size) * c.block_size
+        nb = math.ceil(c.max_model_len / c.block_size)
+        width = nb * c.block_size
         self.g_ids = torch.zeros(mx, dtype=torch.long, device=dev)
         self.g_pos = torch.zeros(mx, dtype=torch.long, device=dev)
         self.g_slots = torch.full((mx,), self.pad_slot, dtype=torch.long, device=dev)
-        self.g_idx = torch.full((mx, width), self.pad_slot, dtype=torch.long, device=dev)
+        self.g_blocks = torch.full((mx, nb), c.num_blocks, dtype=torch.long, device=dev)
         self.g_mask = torch.zeros((mx, 1, 1, width), dtype=torch.bool, device=dev)
         self.g_mask[..., 0] = True
         pool = None
         for b in reversed(self._graph_buckets()):
             ctx = AttentionContext(self.kv, self.g_slots[:b], num_decodes=b,
-                                   decode_slots=self.g_idx[:b], decode_mask=self.g_mask[:b])
+                                   decode_blocks=self.g_blocks[:b], decode_mask=self.g_mask[:b])
             kw = dict(input_ids=self.g_ids[:b][None], position_ids=self.g_pos[:b][None], use_cache=False,
                       logits_to_keep=0, paged_ctx=ctx)
             self.model(**kw)  # warm up
@@ -210,20 +207,19 @@ class ModelRunner:
         B = len(scheduled)
         b = min(k for k in self.graphs if k >= B)
         g, logits = self.graphs[b]
-        width = self.g_idx.shape[1]
-        nb = width // bs
+        nb = self.g_blocks.shape[1]
+        width = nb * bs
         ids = [s.token_ids[-1] for s, _ in scheduled]
         pos = [s.num_computed_tokens for s, _ in scheduled]
         slots = [s.block_table[p // bs] * bs + p % bs for (s, _), p in zip(scheduled, pos)]
         bt = torch.tensor([s.block_table + [self.config.num_blocks] * (nb - len(s.block_table))
                            for s, _ in scheduled], dtype=torch.long)
-        idx = (bt[:, :, None] * bs + torch.arange(bs)).view(B, width)
         mask = torch.arange(width)[None, :] <= torch.tensor(pos)[:, None]
         self.g_ids[:B].copy_(torch.tensor(ids), non_blocking=True)
         self.g_pos[:B].copy_(torch.tensor(pos), non_blocking=True)
         self.g_slots[:B].copy_(torch.tensor(slots), non_blocking=True)
         self.g_slots[B:b].fill_(self.pad_slot)
-        self.g_idx[:B].copy_(idx, non_blocking=True)
+        self.g_blocks[:B].copy_(bt, non_blocking=True)
         self.g_mask[:B, 0, 0].copy_(mask, non_blocking=True)
         g.replay()
         return logits[0, :B].float()
