@@ -62,7 +62,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     policy = load_policy(settings.policy_path)  # an invalid policy refuses to start
 
     async def startup(app: Litestar) -> None:
-        clients = Clients.create()
+        clients = Clients.create(settings.cache_dir)
         app.state.clients = clients
         redis = connect_redis(settings.redis_url) if settings.redis_url else None
         app.state.redis = redis
@@ -83,6 +83,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients), budgets=budgets, cache=cache, semantic=semantic
         )
+        for provider in app.state.gateway.runtime.providers.values():
+            start = getattr(provider, "start", None)  # in-process engines load in the background
+            if start is not None:
+                start()
         # Everything built so far lives as long as the process: keep it out of GC scans, which
         # otherwise walk hundreds of thousands of SDK and library objects on the hot path.
         gc.collect()
@@ -121,6 +125,10 @@ def create_app(settings: Settings | None = None) -> Litestar:
             }
         else:
             checks["state_store"] = {"ok": True, "detail": "memory (embedded default)"}
+        for name, provider in app.state.gateway.runtime.providers.items():
+            if hasattr(provider, "start"):  # an in-process engine: ready once its model is loaded
+                health = await provider.health()
+                checks[f"engine:{name}"] = {"ok": health.ok, "detail": health.detail}
         semantic = app.state.gateway.semantic
         if semantic is not None:  # informational: lookups wait for the model rather than fail
             loaded = semantic.embedder.loaded

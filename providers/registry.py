@@ -19,15 +19,19 @@ from providers.base import Provider
 
 @dataclass(slots=True)
 class Clients:
+    """What providers share: two pooled HTTP clients, and where to keep built artefacts."""
+
     session: aiohttp.ClientSession
     http: httpx2.AsyncClient
+    cache_dir: str = ""
 
     @classmethod
-    def create(cls) -> "Clients":
+    def create(cls, cache_dir: str = "") -> "Clients":
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=60)
         return cls(
             session=aiohttp.ClientSession(connector=connector, auto_decompress=True),
             http=DefaultAioHttpClient(timeout=httpx2.Timeout(600, connect=5), limits=httpx2.Limits(max_connections=1000)),
+            cache_dir=cache_dir,
         )
 
     async def aclose(self) -> None:
@@ -56,7 +60,7 @@ def _selfhost(name: str, spec: TargetSpec, clients: Clients) -> Provider:
     if spec.embedded is not None:
         from providers.embedded import EmbeddedEngineProvider
 
-        return EmbeddedEngineProvider(name, spec)
+        return EmbeddedEngineProvider(name, spec, clients.cache_dir)
     from providers.selfhost import SelfHostProvider
 
     return SelfHostProvider(name, spec, clients.session)

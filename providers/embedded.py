@@ -1,0 +1,119 @@
+"""The bundled engine inside the gateway process: the embedded default.
+
+With no configuration the gateway must answer on a fresh machine with no managed-API key, so a
+`selfhost` target with an `embedded` block runs the engine in-process (its step loop on its own
+thread) on a model directory, or on the tiny demo model built on first start into the cache
+folder. In production the engine runs as its own process on GPU nodes and the policy points at
+it over HTTP instead (`providers/selfhost.py`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+
+from policies.schema import TargetSpec
+from providers.base import BadRequest, Completion, ContextTooLong, Health, ProviderError, ProviderRequest, Unavailable
+from providers.openai_wire import usage_of
+
+log = logging.getLogger("gateway.embedded")
+
+
+class EmbeddedEngineProvider:
+    def __init__(self, name: str, spec: TargetSpec, cache_dir: str) -> None:
+        assert spec.embedded is not None
+        self.name = name
+        self.spec = spec
+        self._cache_dir = Path(cache_dir)
+        self._engine = None
+        self._loading: asyncio.Task | None = None
+        self._error: str | None = None
+
+    def _load(self):
+        from selfhost_engine import AsyncEngine
+        from selfhost_engine.tiny_model import ensure_tiny_model
+
+        embedded = self.spec.embedded
+        model_dir = embedded.model_dir or str(ensure_tiny_model(self._cache_dir / "models"))
+        config = {"max_num_seqs": embedded.max_num_seqs, "max_model_len": embedded.max_model_len}
+        if embedded.num_blocks is not None:
+            config["num_blocks"] = embedded.num_blocks
+        log.info("loading the embedded engine from %s", model_dir)
+        return AsyncEngine.from_model_dir(model_dir, served_model_name=self.spec.model, **config)
+
+    def start(self) -> asyncio.Task:
+        """Begin loading in a worker thread (idempotent); requests wait for it."""
+        if self._loading is None:
+            self._loading = asyncio.get_running_loop().create_task(self._load_async())
+        return self._loading
+
+    async def _load_async(self) -> None:
+        try:
+            self._engine = await asyncio.to_thread(self._load)
+        except Exception as exc:  # reported by health() and by every request
+            self._error = f"{type(exc).__name__}: {exc}"
+            log.exception("the embedded engine failed to load")
+
+    async def _ready(self):
+        if self._engine is None:
+            await asyncio.shield(self.start())
+        if self._engine is None:
+            raise Unavailable(f"embedded engine unavailable: {self._error}", target=self.name)
+        return self._engine
+
+    def _map(self, exc: Exception) -> ProviderError:
+        from selfhost_engine.errors import EngineRequestError, PromptTooLongError
+
+        if isinstance(exc, PromptTooLongError):
+            return ContextTooLong(exc.message, target=self.name)
+        if isinstance(exc, EngineRequestError):
+            return BadRequest(exc.message, target=self.name)
+        return Unavailable(f"{type(exc).__name__}: {exc}", target=self.name)
+
+    async def complete(self, request: ProviderRequest) -> Completion:
+        from selfhost_engine.openai_api import chat_completion
+
+        engine = await self._ready()
+        try:
+            document = await chat_completion(engine, request.body, request_id=request.request_id, tenant=request.tenant)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._map(exc) from None
+        body = msgspec.json.encode(document)
+        return Completion(body=body, usage=usage_of(body))
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
+        from selfhost_engine.openai_api import chat_completion_stream
+
+        engine = await self._ready()
+        try:
+            async for payload in chat_completion_stream(
+                engine, request.body, request_id=request.request_id, tenant=request.tenant
+            ):
+                yield payload
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise self._map(exc) from None
+
+    def load(self) -> dict | None:
+        """The engine's live load (waiting, running, KV usage), for readiness and balancing."""
+        if self._engine is None:
+            return None
+        from selfhost_engine.openai_api import load
+
+        return load(self._engine)
+
+    async def health(self) -> Health:
+        if self._engine is not None:
+            return Health(self._engine.is_running, "engine running" if self._engine.is_running else "engine stopped")
+        return Health(False, self._error or "engine loading")
+
+    async def aclose(self) -> None:
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.shutdown)
