@@ -1,0 +1,47 @@
+# Two commands for a fresh machine:  make serve  |  make test
+# Both set everything up first (virtualenv, PyTorch CPU build, the project and its test tools).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+HOST   ?= 127.0.0.1
+PORT   ?= 8080
+
+.PHONY: setup serve test test-deps redis bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test,embeddings,bench,dashboards]'
+	touch $@
+
+serve: setup
+	$(BIN)/hybrid-gateway serve --host $(HOST) --port $(PORT)
+
+# Test-only system dependencies: Redis (running on 127.0.0.1:6379), Prometheus, Node packages.
+test-deps: redis
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+	  || echo "warning: could not install Debian's prometheus; its end-to-end test will be skipped"; }
+	@cd tests/js && [ -d node_modules/openai ] || npm ci --no-audit --no-fund --silent
+
+redis:
+	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \
+	  command -v redis-server >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq redis-server >/dev/null); \
+	  mkdir -p /var/lib/redis /var/log/redis; \
+	  redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+	    --dir /var/lib/redis --logfile /var/log/redis/ci.log; \
+	  for i in $$(seq 50); do redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 && break; sleep 0.1; done; }
+	@redis-cli -h 127.0.0.1 -p 6379 ping
+
+test: setup test-deps
+	$(BIN)/python -m pytest -q
+
+bench: setup redis
+	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/engine_throughput.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache
