@@ -67,7 +67,7 @@ class Admitted:
     max_output_tokens: int
 
 
-def admit(request: ChatCompletionRequest, body: dict[str, Any], model: ModelSpec, limits: Limits) -> Admitted:
+def admit(request: ChatCompletionRequest, prompt_tokens: int, model: ModelSpec, limits: Limits) -> Admitted:
     """Apply every admission bound; fills in a default `max_tokens` cap when the model has one."""
     if len(request.messages) > limits.max_messages:
         raise bad_request(
@@ -92,7 +92,6 @@ def admit(request: ChatCompletionRequest, body: dict[str, Any], model: ModelSpec
             param=param,
             code="invalid_value",
         )
-    prompt_tokens = estimate_prompt_tokens(body)
     if prompt_tokens > limits.max_prompt_tokens:
         raise GatewayError(
             413,

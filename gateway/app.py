@@ -15,10 +15,12 @@ from litestar import Litestar
 from gateway.api.chat import chat_completions
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.meta import healthz, list_models, readyz
+from gateway.api.admin import reload_policy
 from gateway.api.usage import my_usage, tenant_usage
 from gateway.auth import KeyRing, hash_key
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets, connect_redis
 from gateway.pipeline import Gateway, Runtime
+from gateway.reload import PolicyWatcher
 from cache.response import ResponseCache
 from cache.store import MemoryStore, RedisStore
 from gateway.router import Router
@@ -35,11 +37,26 @@ for _noisy in ("httpx", "httpx2"):
 
 def _spawn(app: Litestar, coroutine) -> None:
     """Background work tied to the app's lifetime (kept referenced so it is not collected)."""
-    tasks = app.state.setdefault("background", set()) if hasattr(app.state, "setdefault") else set()
     task = asyncio.get_running_loop().create_task(coroutine)
-    tasks.add(task)
-    task.add_done_callback(tasks.discard)
-    app.state.background = tasks
+    app.state.background.add(task)
+    task.add_done_callback(app.state.background.discard)
+
+
+def _start_providers(runtime: Runtime) -> None:
+    for provider in runtime.providers.values():
+        start = getattr(provider, "start", None)  # in-process engines load in the background
+        if start is not None:
+            start()
+
+
+async def _close_later(providers: list, grace: float) -> None:
+    """Close providers a reload retired, once requests that still hold them can have finished."""
+    await asyncio.sleep(grace)
+    for provider in providers:
+        try:
+            await provider.aclose()
+        except Exception:
+            log.exception("closing a retired provider failed")
 
 
 def dev_tenants(settings: Settings) -> dict[str, TenantSpec]:
@@ -83,16 +100,33 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients), budgets=budgets, cache=cache, semantic=semantic
         )
-        for provider in app.state.gateway.runtime.providers.values():
-            start = getattr(provider, "start", None)  # in-process engines load in the background
-            if start is not None:
-                start()
+        _start_providers(app.state.gateway.runtime)
+
+        async def apply(new_policy: Policy) -> None:
+            gateway: Gateway = app.state.gateway
+            old = gateway.runtime
+            runtime = build_runtime(new_policy, settings, clients, old)
+            _start_providers(runtime)
+            gateway.runtime = runtime  # the atomic swap: requests in flight keep their snapshot
+            retired = [p for name, p in old.providers.items() if runtime.providers.get(name) is not p]
+            if retired:
+                _spawn(app, _close_later(retired, grace=max(t.timeouts.total for t in old.policy.targets.values())))
+
+        watcher = PolicyWatcher(settings.policy_path, apply)
+        app.state.policy_watcher = watcher
+        if settings.watch_policy:
+            watcher.start()
         # Everything built so far lives as long as the process: keep it out of GC scans, which
         # otherwise walk hundreds of thousands of SDK and library objects on the hot path.
         gc.collect()
         gc.freeze()
 
     async def shutdown(app: Litestar) -> None:
+        watcher = getattr(app.state, "policy_watcher", None)
+        if watcher is not None:
+            await watcher.stop()
+        for task in list(app.state.background):
+            task.cancel()
         gateway: Gateway | None = getattr(app.state, "gateway", None)
         if gateway is not None:
             for provider in gateway.runtime.providers.values():
@@ -104,7 +138,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await app.state.redis.aclose()
 
     async def readiness() -> dict[str, dict]:
-        checks: dict[str, dict] = {"policy": {"ok": True, "detail": settings.policy_path}}
+        watcher = app.state.policy_watcher
+        detail = f"{settings.policy_path} (version {watcher.version})"
+        if watcher.last_error is not None:  # still serving the last valid policy
+            detail += f"; last reload rejected: {watcher.last_error}"
+        checks: dict[str, dict] = {"policy": {"ok": True, "detail": detail}}
         redis = app.state.redis
         if redis is not None:
             # Fail-open keeps serving from a local fallback, so an unreachable Redis must not take
@@ -136,7 +174,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return checks
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, readyz, my_usage, tenant_usage],
+        route_handlers=[chat_completions, list_models, healthz, readyz, my_usage, tenant_usage, reload_policy],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -146,6 +184,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
     app.state.settings = settings
     app.state.readiness = readiness
+    app.state.background = set()
     return app
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import string
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
@@ -47,8 +48,8 @@ __all__ = [
 # Only this much of a prompt is scanned for cues (head and tail); length still counts all of it.
 # Cues in the middle of a 100 kB document add nothing the head and tail did not already show, and
 # scanning stays O(1) per request.
-_SCAN_HEAD = 6000
-_SCAN_TAIL = 2000
+_SCAN_HEAD = 3000
+_SCAN_TAIL = 1000
 # Length feature: log-scaled between these prompt sizes (characters): 0 at or below the first,
 # 1 at or beyond the second.
 _LEN_LOW = 80.0
@@ -130,45 +131,60 @@ def request_text(body: dict[str, Any]) -> tuple[str, str, int]:
 
 # ---------------------------------------------------------------------------------------------
 # Features: each returns a value in [0, 1]
+#
+# Speed: Python's `re` tries every alternative of a keyword alternation at every position, which
+# costs milliseconds on a long prompt. So the text is lowered and split into words ONCE; single
+# keywords are set lookups, phrases and operator tokens are `str.count` (C substring search), and
+# only two cheap regular expressions remain (math expressions, list items).
+
+_PUNCT = str.maketrans({c: " " for c in string.punctuation if c not in "+#"} | {"\n": " ", "\t": " "})
 
 
-def _rx(pattern: str) -> re.Pattern[str]:
-    return re.compile(pattern, re.IGNORECASE | re.MULTILINE)
+def _words(*groups: str) -> frozenset[str]:
+    return frozenset(w for g in groups for w in g.split())
 
 
-_FENCE = re.compile(r"```")
-_CODE_TOKENS = re.compile(
-    r"\b(?:def|class|return|import|lambda|async|await|const|let|var|function|public|static|void|"
-    r"struct|impl|fn|fmt|printf|SELECT|INSERT|UPDATE|JOIN|WHERE)\b"
-    r"|=>|->|::|!=|==|\+\+|&&|\|\||\w\(\)|[{};]\s*$|#include|Traceback|Exception|segfault|"
-    r"\bnull\b|\bNone\b|\w+\.\w+\(",
-    re.MULTILINE,
+_CODE_SYMBOLS = ("```", "=>", "->", "::", "!=", "==", "&&", "||", "()", "};", "#include", "traceback", "):\n")
+_CODE_KEYWORDS = _words(
+    "def lambda const void struct impl fn elif printf println async await nullptr namespace typedef",
+    "func isinstance kwargs args stdout stderr malloc",
 )
-_CODE_WORDS = _rx(
-    r"\b(?:implement|debug|refactor|algorithm|compile[rsd]?|stack ?trace|bug|race condition|"
-    r"deadlock|regex|unit tests?|python|rust|golang|java(?:script)?|typescript|c\+\+|sql|"
-    r"kubernetes|concurren\w+|memory leak|complexity|data structure|api)\b"
+_CODE_WORDS = _words(
+    "implement implementation debug debugging refactor refactoring algorithm algorithms compile compiler",
+    "compiles bug bugs regex python rust golang java javascript typescript c++ c# sql kubernetes",
+    "concurrency concurrent thread threads threadsafe deadlock segfault stacktrace api endpoint",
+    "unittest pytest",
 )
-_MATH_SYMBOLS = re.compile(r"[∫∑∏√π∞≤≥≠≈∂∇∈∀∃λθσμ]|\\(?:frac|int|sum|sqrt|lim|prod|partial|cdot|infty)")
-_MATH_EXPR = re.compile(r"\b\d+\s*[-+*/^×÷]\s*\d+|\b[a-z]\s*\^\s*\d|\b[a-z]\s*[=<>]\s*[-\d(]|\bd[xy]/d[xyt]\b|\bO\(n")
-_MATH_WORDS = _rx(
-    r"\b(?:prove|proof|theorem|lemma|corollary|integral|integrate|derivative|differentiate|"
-    r"eigen\w*|matrix|matrices|probability|expected value|variance|equation|polynomial|"
-    r"logarithm|modulo|prime|induction|converge\w*|series|limit|vector space|topolog\w*|"
-    r"combinatori\w*|optimi[sz]ation|inequality|geometry|calculus|bayes\w*)\b"
+_CODE_PHRASES = ("race condition", "memory leak", "stack trace", "unit test", "data structure", "time complexity")
+
+_MATH_CHARS = "∫∑∏√π∞≤≥≠≈∂∇∈∀∃λθσμ"
+_LATEX = ("\\frac", "\\int", "\\sum", "\\sqrt", "\\lim", "\\prod", "\\partial", "\\cdot", "\\infty", "^")
+_MATH_EXPR = re.compile(r"[\d)]\s?[-+*/=<>×÷]\s?[\d(]")
+_MATH_WORDS = _words(
+    "prove proof proofs theorem lemma corollary integral integrate integration derivative derivatives",
+    "differentiate eigenvalue eigenvalues eigenvector eigenvectors matrix matrices probability variance",
+    "equation equations polynomial logarithm modulo prime primes induction converge converges convergence",
+    "series limit topology combinatorics combinatorial optimization optimisation inequality geometry",
+    "calculus bayesian irrational infinitely",
 )
-_REASONING = _rx(
-    r"\b(?:step[- ]by[- ]step|each step|every step|show that|prove|explain why|explain how|why does|why is|compare|contrast|design|"
-    r"architect\w*|analy[sz]e|analysis|trade-?offs?|pros and cons|evaluate|justify|derive|"
-    r"reason about|walk me through|in detail|diagnose|root cause|critique|plan|strategy|"
-    r"scal(?:e|able|ability)|distributed|fault[- ]toleran\w+|consisten\w+|multi-?step|"
-    r"first,|then,|finally,)"
+_MATH_PHRASES = ("expected value", "vector space", "closed form", "if and only if")
+
+_REASONING_WORDS = _words(
+    "compare contrast design architect architecture analyze analyse analysis tradeoff tradeoffs evaluate",
+    "justify derive diagnose critique plan strategy scalable scalability scale distributed",
+    "fault consistency multistep prove",
+)
+_REASONING_PHRASES = (
+    "step by step", "step-by-step", "each step", "every step", "show that", "explain why", "explain how",
+    "why does", "why is", "trade-off", "pros and cons", "walk me through", "in detail", "root cause",
+    "reason about", "multi-step", "first,", "then,", "finally,",
 )
 _NUMBERED = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+\S", re.MULTILINE)
-_CONSTRAINTS = _rx(
-    r"\b(?:must|at least|at most|exactly|no more than|no fewer than|format|json|yaml|schema|"
-    r"without using|do not|don't|only use|should not|ensure|guarantee|constraint\w*|"
-    r"requirement\w*|o\(\w+\)|within \d+|under \d+)"
+
+_CONSTRAINT_WORDS = _words("must exactly format json yaml schema ensure guarantee constraint constraints requirement requirements only")
+_CONSTRAINT_PHRASES = (
+    "at least", "at most", "no more than", "no fewer than", "without using", "do not", "don't",
+    "should not", "within ", "under ",
 )
 
 
@@ -189,22 +205,30 @@ def _length_value(chars: int) -> float:
     return min(1.0, math.log(chars / _LEN_LOW) / math.log(_LEN_HIGH / _LEN_LOW))
 
 
-def _code_value(text: str) -> float:
-    fences = len(_FENCE.findall(text)) // 2
-    tokens = len(_CODE_TOKENS.findall(text))
-    words = len(_CODE_WORDS.findall(text))
-    return min(1.0, 0.5 * min(fences, 1) + _saturate(tokens, 8) * 0.4 + _saturate(words, 2) * 0.5)
+def _hits(words: list[str], vocab: frozenset[str]) -> int:
+    return sum(1 for w in words if w in vocab)
 
 
-def _math_value(text: str) -> float:
-    symbols = len(_MATH_SYMBOLS.findall(text))
+def _phrases(lower: str, phrases: tuple[str, ...]) -> int:
+    return sum(lower.count(p) for p in phrases)
+
+
+def _code_value(text: str, lower: str, words: list[str]) -> float:
+    fences = lower.count("```") // 2
+    tokens = _phrases(lower, _CODE_SYMBOLS) + _hits(words, _CODE_KEYWORDS) + text.count(";\n") + text.count("{\n")
+    cues = _hits(words, _CODE_WORDS) + _phrases(lower, _CODE_PHRASES)
+    return min(1.0, 0.5 * min(fences, 1) + _saturate(tokens, 8) * 0.6 + _saturate(cues, 2) * 0.5)
+
+
+def _math_value(text: str, lower: str, words: list[str]) -> float:
+    symbols = sum(text.count(c) for c in _MATH_CHARS) + _phrases(text, _LATEX)
     exprs = len(_MATH_EXPR.findall(text))
-    words = len(_MATH_WORDS.findall(text))
-    return min(1.0, _saturate(symbols, 2) * 0.4 + _saturate(exprs, 2) * 0.3 + _saturate(words, 1) * 0.7)
+    cues = _hits(words, _MATH_WORDS) + _phrases(lower, _MATH_PHRASES)
+    return min(1.0, _saturate(symbols, 2) * 0.4 + _saturate(exprs, 2) * 0.3 + _saturate(cues, 1) * 0.7)
 
 
-def _reasoning_value(text: str) -> float:
-    cues = len(_REASONING.findall(text))
+def _reasoning_value(text: str, lower: str, words: list[str]) -> float:
+    cues = _hits(words, _REASONING_WORDS) + _phrases(lower, _REASONING_PHRASES)
     items = len(_NUMBERED.findall(text))
     questions = text.count("?")
     return min(
@@ -213,8 +237,8 @@ def _reasoning_value(text: str) -> float:
     )
 
 
-def _constraints_value(text: str) -> float:
-    return _saturate(len(_CONSTRAINTS.findall(text)), 4)
+def _constraints_value(lower: str, words: list[str]) -> float:
+    return _saturate(_hits(words, _CONSTRAINT_WORDS) + _phrases(lower, _CONSTRAINT_PHRASES), 4)
 
 
 def _turns_value(turns: int) -> float:
@@ -402,12 +426,14 @@ class DifficultyScorer:
         """Raw feature values in [0, 1] (before weights) and the text kNN should look at."""
         text, last_user, turns = request_text(body)
         window = _scan_window(text)
+        lower = window.lower()
+        words = lower.translate(_PUNCT).split()
         raw = {
             "length": _length_value(len(text)),
-            "code": _code_value(window),
-            "math": _math_value(window),
-            "reasoning": _reasoning_value(window),
-            "constraints": _constraints_value(window),
+            "code": _code_value(window, lower, words),
+            "math": _math_value(window, lower, words),
+            "reasoning": _reasoning_value(window, lower, words),
+            "constraints": _constraints_value(lower, words),
             "turns": _turns_value(turns),
             "tools": _tools_value(body.get("tools")),
         }

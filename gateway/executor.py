@@ -17,6 +17,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from gateway.errors import GatewayError
 from gateway.router import Candidate, Plan
+from policies.schema import RetrySpec
 from providers.base import (
     BadRequest,
     Completion,
@@ -27,14 +28,6 @@ from providers.base import (
     Timeout,
     Unavailable,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    attempts: int = 2  # per candidate, first try included
-    max_seconds: float = 10.0  # per candidate, across its attempts
-    backoff_base: float = 0.05
-    backoff_max: float = 1.0
 
 
 @dataclass(slots=True)
@@ -83,16 +76,14 @@ def _is_final(exc: ProviderError) -> bool:
 class Executor:
     def __init__(
         self,
-        retry: RetryPolicy | None = None,
         *,
         observe: AttemptObserver | None = None,
         gate: CandidateGate | None = None,
     ) -> None:
-        self.retry = retry or RetryPolicy()
         self.observe = observe
         self.gate = gate
 
-    async def _with_retries(self, candidate: Candidate, call):
+    async def _with_retries(self, candidate: Candidate, call, policy: RetrySpec):
         """First attempt straight away; tenacity only once a retryable error has happened.
 
         Building tenacity's machinery costs tens of microseconds, which the common path (first
@@ -101,9 +92,8 @@ class Executor:
         try:
             return await self._attempt(candidate, call)
         except ProviderError as exc:
-            if not exc.retryable or self.retry.attempts <= 1:
+            if not exc.retryable or policy.attempts <= 1:
                 raise
-        policy = self.retry
         retrying = AsyncRetrying(
             stop=stop_after_attempt(policy.attempts - 1) | stop_after_delay(policy.max_seconds),
             wait=wait_random_exponential(multiplier=policy.backoff_base, max=policy.backoff_max),
@@ -153,7 +143,7 @@ class Executor:
                     return await candidate.provider.complete(request)
 
             try:
-                completion = await self._with_retries(candidate, call)
+                completion = await self._with_retries(candidate, call, plan.retry)
                 return completion, candidate, failures
             except ProviderError as exc:
                 if _is_final(exc):
@@ -177,7 +167,7 @@ class Executor:
                 return first, stream
 
             try:
-                first, stream = await self._with_retries(candidate, first_chunk)
+                first, stream = await self._with_retries(candidate, first_chunk, plan.retry)
                 return StreamStart(candidate, first, stream, failures)
             except StopAsyncIteration:
                 failures.append(Failure(candidate.name, _empty(candidate.name)))

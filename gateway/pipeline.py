@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from cache.prefix import prefix_fingerprint, prompt_cache_key
 from cache.response import CacheDecision, CachedAnswer, CacheStatus, ResponseCache, replay_chunks, savings
-from gateway.admission import Admitted, admit, check_body_size
+from gateway.admission import Admitted, admit, check_body_size, estimate_prompt_tokens
 from gateway.auth import KeyRing, Principal
 from gateway.budgets import BudgetExceeded, Budgets, BudgetsUnavailable, MemoryBudgets, Reservation
 from gateway.errors import GatewayError
@@ -178,17 +178,30 @@ class Gateway:
             with self._stage(call, "gateway.admission"):
                 check_body_size(len(raw), runtime.policy.limits)
                 call.body, call.request = decode_chat_request(raw)
-                with self._stage(call, "gateway.route"):
-                    call.plan = runtime.router.plan(call.request.model, call.principal)
-                call.admitted = admit(call.request, call.body, call.plan.model_spec, runtime.policy.limits)
+                prompt_tokens = estimate_prompt_tokens(call.body)
+                with self._stage(call, "gateway.route") as span:
+                    call.plan = await runtime.router.plan(call.request.model, call.principal, call.body, headers,
+                                                          prompt_tokens)
+                    if span is not None and call.plan.difficulty is not None:
+                        span.set_attribute("gateway.difficulty", call.plan.difficulty.score)
+                call.admitted = admit(call.request, prompt_tokens, call.plan.model_spec, runtime.policy.limits)
         except GatewayError as exc:
             raise self._reject(call, exc, "model_not_found" if exc.code == "model_not_found" else "admission") from None
         call.headers["x-gateway-model"] = call.plan.model
+        if call.plan.route_name:
+            call.headers["x-gateway-route"] = call.plan.route_name
+        if call.plan.difficulty is not None:
+            call.headers["x-gateway-difficulty"] = call.plan.difficulty.header()
         self._prefix(call)
 
         hit = await self._cache_lookup(call, headers)
         if hit is not None:
             return self._cached_reply(call, hit)
+        if "only-if-cached" in (headers.get("cache-control") or "").lower():
+            # RFC 9111: answer from the cache or not at all, never from an upstream.
+            error = GatewayError(504, "No cached answer for this request (Cache-Control: only-if-cached).",
+                                 type="cache_miss", code="not_cached")
+            raise self._reject(call, error, "not_cached") from None
         await self._reserve(call)
         call.queue_s = time.perf_counter() - call.started
         if call.request.stream:
@@ -198,13 +211,13 @@ class Gateway:
     def _prefix(self, call: Call) -> None:
         """Static-prefix fingerprint: replica affinity and provider-side prompt caching hints."""
         fingerprint, tokens = prefix_fingerprint(call.body)
-        if fingerprint is not None and tokens >= call.plan.model_spec.cache.prompt_cache_min_tokens:
+        if fingerprint is not None and tokens >= call.plan.cache.prompt_cache_min_tokens:
             call.prefix_key = prompt_cache_key(call.principal.tenant, fingerprint)
 
     async def _cache_lookup(self, call: Call, headers: Mapping[str, str]) -> CachedAnswer | None:
         if self.cache is None:
             return None
-        spec = call.plan.model_spec.cache
+        spec = call.plan.cache
         with self._stage(call, "gateway.cache") as span:
             call.cache = self.cache.decision(headers, spec, call.body)
             if call.cache.lookup or call.cache.store:
@@ -274,13 +287,14 @@ class Gateway:
             # Always ask for usage: budgets settle on real numbers. The relay hides the chunk
             # from callers that did not ask for it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        t = candidate.spec.timeouts
+        t = candidate.timeouts
         return ProviderRequest(
             body=body,
             request_id=call.request_id,
             tenant=call.principal.tenant,
             timeouts=Timeouts(connect=t.connect, first_token=t.first_token, total=t.total),
             prefix_key=call.prefix_key,
+            endpoint=candidate.endpoint,
         )
 
     def _route_headers(self, call: Call, candidate: Candidate, failures: list[Failure]) -> None:
@@ -321,7 +335,7 @@ class Gateway:
 
     def _store_later(self, call: Call, body: bytes, usage: Usage) -> None:
         """Write the cache off the response path: the caller should not wait for Redis."""
-        spec = call.plan.model_spec.cache
+        spec = call.plan.cache
 
         async def store() -> None:
             stored = await self.cache.store(call.cache_key, body, usage, spec.ttl_seconds, spec.max_entry_bytes)
@@ -357,7 +371,7 @@ class Gateway:
             start.rest,
             include_usage=include_usage,
             prompt_tokens_estimate=call.admitted.prompt_tokens,
-            deadline=time.monotonic() + candidate.spec.timeouts.total,
+            deadline=time.monotonic() + candidate.timeouts.total,
             target=candidate.name,
             started=call.started,
             on_done=settle,
@@ -369,11 +383,10 @@ class Gateway:
     def list_models(self, headers: Mapping[str, str]) -> dict[str, Any]:
         runtime = self.runtime
         principal = runtime.keyring.authenticate(headers)
-        allowed = principal.spec.allowed_models
         created = 1_700_000_000
         data = [
             {"id": name, "object": "model", "created": created, "owned_by": "hybrid-gateway"}
-            for name in runtime.policy.models
-            if allowed is None or name in allowed
+            for name in runtime.router.public_models()
+            if runtime.router.allowed(principal, name)
         ]
         return {"object": "list", "data": data}

@@ -1,17 +1,27 @@
-"""Public model name + tenant → Plan: the ordered candidates (primary, then fallbacks).
+"""Request → Plan: the ordered candidates (primary, then fallbacks) and why.
 
-The router only decides; it never calls an upstream. Keeping it pure makes routing decisions
-testable and explainable (the plan's targets are echoed in response headers).
+Routes are tried in policy order; the first whose conditions all hold decides. A route picks one
+of its weighted targets (canaries), then appends its fallbacks. With no matching route, a public
+model's own target list applies (and `auto` means the policy's `default_model`). The router only
+decides; it never calls an upstream, which keeps decisions testable and explainable (the route
+and difficulty are echoed in response headers).
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.auth import Principal
+from gateway.difficulty import Difficulty, DifficultyScorer, DifficultyWeights
 from gateway.errors import GatewayError
-from policies.schema import ModelSpec, Policy, TargetSpec
+from policies.schema import CacheSpec, ModelSpec, Policy, RetrySpec, RouteMatch, RouteSpec, TargetSpec, TimeoutSpec
 from providers.base import Provider
+
+AUTO = "auto"
+PRIORITY_HEADER = "x-gateway-priority"
 
 
 @dataclass(slots=True)
@@ -19,6 +29,13 @@ class Candidate:
     name: str
     spec: TargetSpec
     provider: Provider
+    timeouts: TimeoutSpec
+    endpoint: str | None = None  # one replica of a multi-endpoint target
+
+    @property
+    def key(self) -> str:
+        """Breaker key: per target, and per endpoint for replicas."""
+        return f"{self.name}@{self.endpoint}" if self.endpoint else self.name
 
 
 @dataclass(slots=True)
@@ -26,12 +43,17 @@ class Plan:
     model: str
     model_spec: ModelSpec
     candidates: list[Candidate]
-    reasons: list[str] = field(default_factory=list)
+    route_name: str | None = None
+    difficulty: Difficulty | None = None
+    priority: str = "interactive"
+    retry: RetrySpec = field(default_factory=RetrySpec)
+    cache: CacheSpec = field(default_factory=CacheSpec)
 
     @property
     def route(self) -> str:
-        """Stable name of what serves this request (used in cache keys and telemetry)."""
-        return self.model + ">" + ",".join(c.name for c in self.candidates)
+        """Stable name of what serves this request: the cache namespace (not the random pick)."""
+        return f"{self.model}>{self.route_name}" if self.route_name else f"{self.model}>" + ",".join(
+            c.name for c in self.candidates)
 
 
 def model_not_found(model: str) -> GatewayError:
@@ -43,23 +65,141 @@ def model_not_found(model: str) -> GatewayError:
     )
 
 
+def _merge_timeouts(base: TimeoutSpec, route: RouteSpec | None) -> TimeoutSpec:
+    override = route.timeouts if route is not None else None
+    if override is None:
+        return base
+    return TimeoutSpec(
+        connect=override.connect or base.connect,
+        first_token=override.first_token or base.first_token,
+        total=override.total or base.total,
+    )
+
+
+def build_scorer(policy: Policy) -> DifficultyScorer:
+    spec = policy.difficulty
+    overrides = {name: getattr(spec.weights, name) for name in spec.weights.__struct_fields__
+                 if getattr(spec.weights, name) is not None}
+    knn = None
+    if spec.knn:
+        from gateway.difficulty import KnnScorer
+
+        knn = KnnScorer(k=spec.knn_k)
+    return DifficultyScorer(DifficultyWeights(**overrides), knn=knn, knn_weight=spec.knn_weight)
+
+
 class Router:
-    def __init__(self, policy: Policy, providers: dict[str, Provider]) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        providers: dict[str, Provider],
+        *,
+        scorer: DifficultyScorer | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         self.policy = policy
         self.providers = providers
+        self.scorer = scorer or build_scorer(policy)
+        self.rng = rng or random.Random()
+        self._difficulty_routes = any(r.match.difficulty is not None for r in policy.routes)
 
-    def resolve_model(self, requested: str) -> str:
-        if requested == "auto" and self.policy.default_model and "auto" not in self.policy.models:
-            return self.policy.default_model
-        return requested
+    def public_models(self) -> list[str]:
+        names = list(self.policy.models)
+        if self.policy.routes or self.policy.default_model:
+            names.append(AUTO)
+        return names
 
-    def plan(self, requested_model: str, principal: Principal) -> Plan:
-        model = self.resolve_model(requested_model)
-        spec = self.policy.models.get(model)
-        if spec is None:
-            raise model_not_found(requested_model)
+    def allowed(self, principal: Principal, model: str) -> bool:
         allowed = principal.spec.allowed_models
-        if allowed is not None and model not in allowed:
-            raise model_not_found(requested_model)
-        candidates = [Candidate(name, self.policy.targets[name], self.providers[name]) for name in spec.targets]
-        return Plan(model=model, model_spec=spec, candidates=candidates)
+        if allowed is None or model in allowed:
+            return True
+        return model == AUTO and self.policy.default_model in allowed
+
+    @staticmethod
+    def priority_of(principal: Principal, headers: Mapping[str, str]) -> str:
+        asked = (headers.get(PRIORITY_HEADER) or "").lower()
+        if asked in ("interactive", "batch"):
+            return asked
+        return "batch" if principal.spec.tier == "batch" else "interactive"
+
+    async def difficulty(self, body: dict[str, Any]) -> Difficulty:
+        if self.scorer.knn is not None:
+            return await self.scorer.ascore(body)
+        return self.scorer.score_heuristic(body)
+
+    async def plan(
+        self,
+        requested: str,
+        principal: Principal,
+        body: dict[str, Any],
+        headers: Mapping[str, str],
+        prompt_tokens: int,
+    ) -> Plan:
+        policy = self.policy
+        if not self.allowed(principal, requested) or (requested not in policy.models and requested != AUTO):
+            raise model_not_found(requested)
+        difficulty = None
+        if requested == AUTO or self._difficulty_routes:
+            difficulty = await self.difficulty(body)
+        priority = self.priority_of(principal, headers)
+        for route in policy.routes:
+            if self._matches(route.match, requested, principal, body, headers, difficulty, prompt_tokens, priority):
+                return self._route_plan(route, requested, difficulty, priority)
+        model = requested if requested != AUTO else policy.default_model
+        if model is None:
+            raise model_not_found(requested)
+        spec = policy.models[model]
+        return Plan(
+            model=requested if requested != AUTO else model,
+            model_spec=spec,
+            candidates=[self._candidate(name, None) for name in spec.targets],
+            difficulty=difficulty,
+            priority=priority,
+            retry=policy.retry,
+            cache=spec.cache,
+        )
+
+    def _matches(self, match: RouteMatch, model: str, principal: Principal, body: dict[str, Any],
+                 headers: Mapping[str, str], difficulty: Difficulty | None, prompt_tokens: int, priority: str) -> bool:
+        if match.models is not None and model not in match.models:
+            return False
+        if match.tenants is not None and principal.tenant not in match.tenants:
+            return False
+        if match.tiers is not None and principal.spec.tier not in match.tiers:
+            return False
+        if match.priority is not None and priority not in match.priority:
+            return False
+        if match.metadata:
+            metadata = body.get("metadata") or {}
+            if not isinstance(metadata, dict) or any(metadata.get(k) != v for k, v in match.metadata.items()):
+                return False
+        if match.headers and any(headers.get(k.lower()) != v for k, v in match.headers.items()):
+            return False
+        if match.difficulty is not None and (difficulty is None or not match.difficulty.contains(difficulty.score)):
+            return False
+        if match.prompt_tokens is not None and not match.prompt_tokens.contains(prompt_tokens):
+            return False
+        return True
+
+    def _route_plan(self, route: RouteSpec, requested: str, difficulty: Difficulty | None, priority: str) -> Plan:
+        weighted = [w for w in route.targets if w.weight > 0]
+        chosen = self.rng.choices(weighted, weights=[w.weight for w in weighted])[0].target
+        names = [chosen] + [name for name in route.fallbacks if name != chosen]
+        model_name = requested if requested != AUTO else self.policy.default_model
+        spec = self.policy.models.get(model_name) if model_name else None
+        if spec is None:
+            spec = ModelSpec(targets=names)
+        return Plan(
+            model=requested,
+            model_spec=spec,
+            candidates=[self._candidate(name, route) for name in dict.fromkeys(names)],
+            route_name=route.name,
+            difficulty=difficulty,
+            priority=priority,
+            retry=route.retry or self.policy.retry,
+            cache=route.cache or spec.cache,
+        )
+
+    def _candidate(self, name: str, route: RouteSpec | None) -> Candidate:
+        spec = self.policy.targets[name]
+        return Candidate(name, spec, self.providers[name], _merge_timeouts(spec.timeouts, route))

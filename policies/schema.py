@@ -138,11 +138,87 @@ class Limits(_Spec):
     max_tokens: PosInt = 65_536
 
 
+class Range(_Spec):
+    """Inclusive lower bound, exclusive upper bound: adjacent ranges never overlap."""
+
+    min: float | None = None
+    max: float | None = None
+
+    def contains(self, value: float) -> bool:
+        return (self.min is None or value >= self.min) and (self.max is None or value < self.max)
+
+
+class RouteMatch(_Spec):
+    """Every condition given must hold; an empty match matches everything."""
+
+    models: list[Name] | None = None  # public model names, or "auto"
+    tenants: list[Name] | None = None
+    tiers: list[Name] | None = None
+    metadata: dict[str, str] = {}  # request `metadata` key → required value
+    headers: dict[str, str] = {}  # request header (any case) → required value
+    difficulty: Range | None = None  # score in [0, 1]
+    prompt_tokens: Range | None = None  # estimated prompt tokens
+    priority: list[Literal["interactive", "batch"]] | None = None
+
+
+class WeightedTarget(_Spec):
+    target: Name
+    weight: NonNegFloat = 1.0  # relative share among the route's targets (e.g. 95 / 5 for a canary)
+
+
+class RetrySpec(_Spec):
+    attempts: PosInt = 2  # per target, first try included
+    max_seconds: PosFloat = 10.0  # per target, across its attempts
+    backoff_base: PosFloat = 0.05
+    backoff_max: PosFloat = 1.0
+
+
+class TimeoutOverride(_Spec):
+    connect: PosFloat | None = None
+    first_token: PosFloat | None = None
+    total: PosFloat | None = None
+
+
+class RouteSpec(_Spec):
+    """A routing rule: the first route whose `match` holds decides the request's plan."""
+
+    name: Name
+    targets: Annotated[list[WeightedTarget], Meta(min_length=1)]
+    match: RouteMatch = RouteMatch()
+    fallbacks: list[Name] = []  # tried in order after the chosen target
+    timeouts: TimeoutOverride | None = None
+    retry: RetrySpec | None = None
+    cache: CacheSpec | None = None  # overrides the model's cache block
+
+
+class DifficultyWeightsSpec(_Spec):
+    """Weights of the difficulty scorer's features (unset: the scorer's defaults)."""
+
+    length: float | None = None
+    code: float | None = None
+    math: float | None = None
+    reasoning: float | None = None
+    constraints: float | None = None
+    turns: float | None = None
+    tools: float | None = None
+    bias: float | None = None
+
+
+class DifficultySpec(_Spec):
+    weights: DifficultyWeightsSpec = DifficultyWeightsSpec()
+    knn: bool = False  # blend in kNN over labelled examples embedded with the offline MiniLM model
+    knn_weight: Annotated[float, Meta(ge=0, le=1)] = 0.5
+    knn_k: PosInt = 5
+
+
 class Policy(_Spec):
     targets: Annotated[dict[Name, TargetSpec], Meta(min_length=1)]
     models: Annotated[dict[Name, ModelSpec], Meta(min_length=1)]
     version: Literal[1, 2] = 1
     default_model: Name | None = None
+    routes: list[RouteSpec] = []
+    difficulty: DifficultySpec = DifficultySpec()
+    retry: RetrySpec = RetrySpec()
     tenants: dict[Name, TenantSpec] = {}
     admin_keys: list[Sha256Hex] = []
     limits: Limits = Limits()
@@ -158,8 +234,25 @@ class Policy(_Spec):
             errors.append(("$.default_model", f"{self.default_model!r} is not a declared model"))
         for tenant_name, tenant in self.tenants.items():
             for i, model_name in enumerate(tenant.allowed_models or []):
-                if model_name not in self.models:
+                if model_name not in self.models and model_name != "auto":
                     errors.append((f"$.tenants.{tenant_name}.allowed_models[{i}]", f"unknown model {model_name!r}"))
+        names: set[str] = set()
+        for r, route in enumerate(self.routes):
+            base = f"$.routes[{r}]"
+            if route.name in names:
+                errors.append((f"{base}.name", f"duplicate route name {route.name!r}"))
+            names.add(route.name)
+            for i, weighted in enumerate(route.targets):
+                if weighted.target not in self.targets:
+                    errors.append((f"{base}.targets[{i}].target", f"unknown target {weighted.target!r}"))
+            if sum(w.weight for w in route.targets) <= 0:
+                errors.append((f"{base}.targets", "at least one target needs a weight above 0"))
+            for i, target in enumerate(route.fallbacks):
+                if target not in self.targets:
+                    errors.append((f"{base}.fallbacks[{i}]", f"unknown target {target!r}"))
+            for i, model_name in enumerate(route.match.models or []):
+                if model_name not in self.models and model_name != "auto":
+                    errors.append((f"{base}.match.models[{i}]", f"unknown model {model_name!r} (declare it or use 'auto')"))
         return errors
 
 

@@ -116,6 +116,14 @@ def test_sampled_and_opted_out_requests_bypass(gw, upstream):
     assert len(upstream.control.requests) == 6
 
 
+def test_only_if_cached_never_calls_upstream(gw, upstream):
+    messages = unique("only-if-cached")
+    with pytest.raises(openai.APIStatusError) as info:
+        ask(gw, messages=messages, temperature=0, extra_headers={"cache-control": "only-if-cached"})
+    assert info.value.status_code == 504 and info.value.body["code"] == "not_cached"
+    assert upstream.control.requests == []
+
+
 def test_no_store_and_no_cache(gw, upstream):
     messages = unique("no-store")
     raw = ask(gw, messages=messages, temperature=0, extra_headers={"cache-control": "no-store"})
@@ -152,9 +160,18 @@ def test_semantic_cache_paraphrase_hits_other_question_and_system_prompt_miss(gw
         time.sleep(0.1)
     system = {"role": "system", "content": f"Geography helper {tag}."}
     ask(gw, model="semantic", messages=[system, {"role": "user", "content": "What is the capital of France?"}], temperature=0)
-    time.sleep(0.5)  # the store (and its embedding) happens after the reply
-    hit = ask(gw, model="semantic", messages=[system, {"role": "user", "content": "Tell me France's capital city"}],
-              temperature=0)
+    paraphrase = [system, {"role": "user", "content": "Tell me France's capital city"}]
+    probe = httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {KEY_A}",
+                       "cache-control": "only-if-cached"}, json={"model": "semantic", "messages": paraphrase, "temperature": 0})
+    for _ in range(100):  # the store (and its embedding) happens after the reply; probing has no side effects
+        if probe.status_code == 200:
+            break
+        assert probe.status_code == 504 and probe.json()["error"]["code"] == "not_cached"
+        time.sleep(0.1)
+        probe = httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {KEY_A}",
+                           "cache-control": "only-if-cached"}, json={"model": "semantic", "messages": paraphrase,
+                                                                    "temperature": 0})
+    hit = ask(gw, model="semantic", messages=paraphrase, temperature=0)
     assert hit.headers["x-gateway-cache"] == "hit"
     assert float(hit.headers["x-gateway-cache-similarity"]) >= 0.85
     other = ask(gw, model="semantic", messages=[system, {"role": "user", "content": "How do volcanoes form?"}], temperature=0)

@@ -40,7 +40,7 @@ def test_serve_with_no_configuration_answers_from_the_bundled_engine(tmp_path):
             time.sleep(0.2)
         assert key, "a dev key is generated and printed at start"
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        assert [m.id for m in client.models.list()] == ["local"]
+        assert [m.id for m in client.models.list()] == ["local", "auto"]
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
         completion = raw.parse()
