@@ -14,11 +14,13 @@ from litestar import Litestar
 
 from gateway.api.chat import chat_completions
 from gateway.api.errors import EXCEPTION_HANDLERS
-from gateway.api.meta import healthz, list_models, readyz
+from gateway.api.meta import healthz, list_models, metrics, readyz
 from gateway.api.admin import reload_policy
 from gateway.api.usage import my_usage, tenant_usage
 from gateway.auth import KeyRing, hash_key
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets, connect_redis
+from gateway.executor import Executor
+from gateway.telemetry import Telemetry
 from gateway.pipeline import Gateway, Runtime
 from gateway.reload import PolicyWatcher
 from cache.response import ResponseCache
@@ -59,6 +61,21 @@ async def _close_later(providers: list, grace: float) -> None:
             log.exception("closing a retired provider failed")
 
 
+async def _publish_budgets(gateway: Gateway, telemetry: Telemetry, interval: float = 10.0) -> None:
+    """Budget remaining per tenant and window, as gauges: read periodically, off the request path."""
+    while True:
+        runtime = gateway.runtime
+        for tenant in runtime.keyring.tenants():
+            try:
+                usage = await gateway.budgets.usage(tenant, runtime.keyring.tenant_spec(tenant))
+            except Exception:  # the store may be down; readiness reports that
+                break
+            for window, numbers in usage.get("windows", {}).items():
+                if numbers.get("remaining") is not None:
+                    telemetry.budget_remaining(tenant, window, float(numbers["remaining"]))
+        await asyncio.sleep(interval)
+
+
 def dev_tenants(settings: Settings) -> dict[str, TenantSpec]:
     return {"dev": TenantSpec(keys=[hash_key(settings.dev_key)])} if settings.dev_key else {}
 
@@ -97,9 +114,17 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
             semantic = SemanticCache(cache)
             _spawn(app, asyncio.to_thread(semantic.embedder.load))  # warm the model off the request path
+        telemetry: Telemetry = app.state.telemetry
+
+        def observe(candidate, error, seconds: float) -> None:
+            telemetry.attempt(candidate.name, candidate.spec.provider, type(error).__name__ if error else None, seconds)
+
         app.state.gateway = Gateway(
-            build_runtime(policy, settings, clients), budgets=budgets, cache=cache, semantic=semantic
+            build_runtime(policy, settings, clients),
+            Executor(observe=observe),
+            budgets=budgets, cache=cache, semantic=semantic, telemetry=telemetry,
         )
+        _spawn(app, _publish_budgets(app.state.gateway, telemetry))
         _start_providers(app.state.gateway.runtime)
 
         async def apply(new_policy: Policy) -> None:
@@ -112,7 +137,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             if retired:
                 _spawn(app, _close_later(retired, grace=max(t.timeouts.total for t in old.policy.targets.values())))
 
-        watcher = PolicyWatcher(settings.policy_path, apply)
+        watcher = PolicyWatcher(settings.policy_path, apply,
+                                on_result=lambda result: telemetry.policy_reload(result.ok))
         app.state.policy_watcher = watcher
         if settings.watch_policy:
             watcher.start()
@@ -136,6 +162,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await app.state.clients.aclose()
         if getattr(app.state, "redis", None) is not None:
             await app.state.redis.aclose()
+        app.state.telemetry.shutdown()
 
     async def readiness() -> dict[str, dict]:
         watcher = app.state.policy_watcher
@@ -174,7 +201,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return checks
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, readyz, my_usage, tenant_usage, reload_policy],
+        route_handlers=[chat_completions, list_models, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -185,6 +212,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     app.state.settings = settings
     app.state.readiness = readiness
     app.state.background = set()
+    app.state.telemetry = Telemetry()
     return app
 
 

@@ -66,6 +66,9 @@ class KeyRing:
             raise unauthorized("Incorrect API key provided.", code="invalid_api_key")
         return Principal(tenant=entry[0], spec=entry[1], key_hash=digest)
 
+    def tenants(self) -> list[str]:
+        return list(self._tenants)
+
     def tenant_spec(self, tenant: str) -> TenantSpec | None:
         return self._tenants.get(tenant)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay, wait_random_exponential
@@ -56,6 +57,8 @@ class StreamStart:
 AttemptObserver = Callable[[Candidate, ProviderError | None, float], None]
 # Returns False when a candidate must be skipped (e.g. its breaker is open).
 CandidateGate = Callable[[Candidate], bool]
+# Opens a tracing span around one attempt on a candidate.
+SpanFactory = Callable[[Candidate], AbstractContextManager]
 
 
 async def _backoff_first(retry_state) -> None:
@@ -83,14 +86,14 @@ class Executor:
         self.observe = observe
         self.gate = gate
 
-    async def _with_retries(self, candidate: Candidate, call, policy: RetrySpec):
+    async def _with_retries(self, candidate: Candidate, call, policy: RetrySpec, span: SpanFactory | None):
         """First attempt straight away; tenacity only once a retryable error has happened.
 
         Building tenacity's machinery costs tens of microseconds, which the common path (first
         attempt succeeds) should not pay.
         """
         try:
-            return await self._attempt(candidate, call)
+            return await self._attempt(candidate, call, span)
         except ProviderError as exc:
             if not exc.retryable or policy.attempts <= 1:
                 raise
@@ -103,12 +106,13 @@ class Executor:
         )
         async for attempt in retrying:
             with attempt:
-                return await self._attempt(candidate, call)
+                return await self._attempt(candidate, call, span)
 
-    async def _attempt(self, candidate: Candidate, call):
+    async def _attempt(self, candidate: Candidate, call, span: SpanFactory | None):
         started = time.perf_counter()
         try:
-            result = await call()
+            with span(candidate) if span is not None else nullcontext():
+                result = await call()
         except ProviderError as exc:
             exc.target = exc.target or candidate.name
             if self.observe:
@@ -131,7 +135,7 @@ class Executor:
             yield candidate
 
     async def complete(
-        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest]
+        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None
     ) -> tuple[Completion, Candidate, list[Failure]]:
         failures: list[Failure] = []
         for candidate in self._candidates(plan, failures):
@@ -143,7 +147,7 @@ class Executor:
                     return await candidate.provider.complete(request)
 
             try:
-                completion = await self._with_retries(candidate, call, plan.retry)
+                completion = await self._with_retries(candidate, call, plan.retry, span)
                 return completion, candidate, failures
             except ProviderError as exc:
                 if _is_final(exc):
@@ -151,7 +155,9 @@ class Executor:
                 failures.append(Failure(candidate.name, exc))
         raise all_failed(failures)
 
-    async def open_stream(self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest]) -> StreamStart:
+    async def open_stream(
+        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None
+    ) -> StreamStart:
         failures: list[Failure] = []
         for candidate in self._candidates(plan, failures):
             request = make_request(candidate)
@@ -167,7 +173,7 @@ class Executor:
                 return first, stream
 
             try:
-                first, stream = await self._with_retries(candidate, first_chunk, plan.retry)
+                first, stream = await self._with_retries(candidate, first_chunk, plan.retry, span)
                 return StreamStart(candidate, first, stream, failures)
             except StopAsyncIteration:
                 failures.append(Failure(candidate.name, _empty(candidate.name)))

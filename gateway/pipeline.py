@@ -167,7 +167,7 @@ class Gateway:
         runtime = self.runtime  # one snapshot for the whole request, even across a reload
         call = Call(new_request_id(headers), time.perf_counter())
         if self.telemetry is not None:
-            call.span = self.telemetry.request_span("chat.completions", {"gateway.request_id": call.request_id})
+            call.span = self.telemetry.request_span("chat.completions", {"gateway.request_id": call.request_id}, headers)
         call.headers["x-request-id"] = call.request_id
         try:
             with self._stage(call, "gateway.auth"):
@@ -229,6 +229,8 @@ class Gateway:
                     hit = await self.semantic.lookup(call.semantic_query, max_age=call.cache.max_age)
             if span is not None:
                 span.set_attribute("gateway.cache", "hit" if hit else str(call.cache.status))
+        if hit is None and self.telemetry is not None:
+            self.telemetry.cache_event(call.principal.tenant, call.plan.model, str(call.cache.status))
         return hit
 
     def _cached_reply(self, call: Call, hit: CachedAnswer) -> Reply:
@@ -297,15 +299,28 @@ class Gateway:
             endpoint=candidate.endpoint,
         )
 
+    def _attempt_span(self, call: Call):
+        """Per-attempt child spans, when tracing."""
+        if self.telemetry is None or call.span is None:
+            return None
+        return lambda c: self.telemetry.stage(call.span, "gateway.attempt", {
+            "gateway.target": c.name, "gen_ai.provider.name": c.spec.provider, "gen_ai.request.model": c.spec.model})
+
     def _route_headers(self, call: Call, candidate: Candidate, failures: list[Failure]) -> None:
         call.headers["x-gateway-target"] = candidate.name
         if failures:
             call.headers["x-gateway-fallbacks"] = ",".join(f.target for f in failures)
+            if self.telemetry is not None:
+                for failure in failures:
+                    self.telemetry.failover(failure.target, candidate.name)
         if self.cache is not None:
             call.headers["x-gateway-cache"] = "miss" if call.cache.lookup else "bypass"
 
     def _failed(self, call: Call, exc: GatewayError) -> GatewayError:
         exc.headers.update(call.headers)
+        if self.telemetry is not None and isinstance(exc.details, list):
+            for detail in exc.details:
+                self.telemetry.failover(str(detail["target"]), None)
         self._record(call, None, Usage(), 0.0, status=exc.status, error=exc.code, ttft_s=None,
                      fallbacks=len(exc.details or []) if isinstance(exc.details, list) else 0, cache="miss")
         return exc
@@ -314,7 +329,7 @@ class Gateway:
         usage, usd = Usage(), 0.0
         try:
             completion, candidate, failures = await self.executor.complete(
-                call.plan, lambda c: self._provider_request(call, c)
+                call.plan, lambda c: self._provider_request(call, c), span=self._attempt_span(call)
             )
             usage, usd = completion.usage, cost_of(candidate, completion.usage)
         except GatewayError as exc:
@@ -348,7 +363,8 @@ class Gateway:
 
     async def _stream(self, call: Call) -> Reply:
         try:
-            start = await self.executor.open_stream(call.plan, lambda c: self._provider_request(call, c))
+            start = await self.executor.open_stream(call.plan, lambda c: self._provider_request(call, c),
+                                                    span=self._attempt_span(call))
         except GatewayError as exc:
             await self._settle(call, Usage(), 0.0)
             raise self._failed(call, exc) from None

@@ -13,6 +13,13 @@ async def list_models(request: Request) -> dict:
     return gateway.list_models(request.headers)
 
 
+@get("/metrics")
+async def metrics(request: Request) -> Response:
+    """Prometheus exposition of the gateway's OpenTelemetry metrics."""
+    body, content_type = request.app.state.telemetry.metrics_text()
+    return Response(body, media_type=content_type)
+
+
 @get("/healthz")
 async def healthz() -> dict:
     return {"status": "ok"}
