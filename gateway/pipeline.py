@@ -33,6 +33,7 @@ from providers.base import Provider, ProviderRequest, Timeouts, Usage
 
 if TYPE_CHECKING:
     from cache.semantic import SemanticCache
+    from gateway.breaker import BreakerGate
     from gateway.telemetry import Telemetry
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -107,8 +108,10 @@ class Gateway:
         cache: ResponseCache | None = None,
         semantic: SemanticCache | None = None,
         telemetry: Telemetry | None = None,
+        breakers: BreakerGate | None = None,
     ) -> None:
         self.runtime = runtime
+        self.breakers = breakers
         self.executor = executor or Executor()
         self.budgets: Budgets = budgets if budgets is not None else MemoryBudgets()
         self.cache = cache
@@ -203,16 +206,36 @@ class Gateway:
                                  type="cache_miss", code="not_cached")
             raise self._reject(call, error, "not_cached") from None
         await self._reserve(call)
+        if self.breakers is not None:  # see breakers another replica opened, claim probe permits
+            await self.breakers.refresh([c.key for c in call.plan.candidates])
         call.queue_s = time.perf_counter() - call.started
         if call.request.stream:
             return await self._stream(call)
         return await self._complete(call)
 
     def _prefix(self, call: Call) -> None:
-        """Static-prefix fingerprint: replica affinity and provider-side prompt caching hints."""
+        """Static-prefix fingerprint: replica affinity, and provider-side prompt caching hints for
+        prefixes long enough to be worth it."""
         fingerprint, tokens = prefix_fingerprint(call.body)
-        if fingerprint is not None and tokens >= call.plan.cache.prompt_cache_min_tokens:
-            call.prefix_key = prompt_cache_key(call.principal.tenant, fingerprint)
+        affinity = prompt_cache_key(call.principal.tenant, fingerprint) if fingerprint is not None else None
+        if affinity is not None and tokens >= call.plan.cache.prompt_cache_min_tokens:
+            call.prefix_key = affinity
+        self._place(call, affinity)
+
+    def _place(self, call: Call, affinity: str | None) -> None:
+        """A target with several replicas becomes one candidate per replica, in placement order:
+        failover tries another replica of the same target before the next target."""
+        placed: list[Candidate] = []
+        tokens = call.admitted.prompt_tokens + call.admitted.max_output_tokens
+        for candidate in call.plan.candidates:
+            placement = getattr(candidate.provider, "placement", None)
+            endpoints = placement(affinity, tokens) if placement is not None else []
+            if len(endpoints) > 1:
+                placed.extend(Candidate(candidate.name, candidate.spec, candidate.provider, candidate.timeouts, url)
+                              for url in endpoints)
+            else:
+                placed.append(candidate)
+        call.plan.candidates = placed
 
     async def _cache_lookup(self, call: Call, headers: Mapping[str, str]) -> CachedAnswer | None:
         if self.cache is None:

@@ -211,6 +211,28 @@ class DifficultySpec(_Spec):
     knn_k: PosInt = 5
 
 
+class BreakerSpec(_Spec):
+    """Circuit breakers, one per target (and per endpoint of a multi-endpoint target)."""
+
+    window_seconds: Annotated[int, Meta(ge=1, le=3600)] = 30
+    min_calls: PosInt = 10
+    failure_rate: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    slow_call_seconds: PosFloat = 30.0
+    base_cooldown: PosFloat = 5.0
+    max_cooldown: PosFloat = 120.0
+    half_open_probes: PosInt = 1
+
+
+class BalancerSpec(_Spec):
+    """Replicas of a self-hosted target: active health checks and load-aware placement."""
+
+    poll_interval: PosFloat = 1.0
+    unhealthy_after: PosInt = 3
+    healthy_after: PosInt = 2
+    load_factor: Annotated[float, Meta(ge=1)] = 1.25
+    deep_check: bool = False
+
+
 class Policy(_Spec):
     targets: Annotated[dict[Name, TargetSpec], Meta(min_length=1)]
     models: Annotated[dict[Name, ModelSpec], Meta(min_length=1)]
@@ -219,6 +241,8 @@ class Policy(_Spec):
     routes: list[RouteSpec] = []
     difficulty: DifficultySpec = DifficultySpec()
     retry: RetrySpec = RetrySpec()
+    breakers: BreakerSpec = BreakerSpec()
+    balancing: BalancerSpec = BalancerSpec()
     tenants: dict[Name, TenantSpec] = {}
     admin_keys: list[Sha256Hex] = []
     limits: Limits = Limits()

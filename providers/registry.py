@@ -39,16 +39,16 @@ class Clients:
         await self.session.close()
 
 
-Factory = Callable[[str, TargetSpec, Clients], Provider]
+Factory = Callable[[str, TargetSpec, Clients, Policy], Provider]
 
 
-def _openai(name: str, spec: TargetSpec, clients: Clients) -> Provider:
+def _openai(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
     from providers.openai import OpenAIProvider
 
     return OpenAIProvider(name, spec, clients.http)
 
 
-def _anthropic(name: str, spec: TargetSpec, clients: Clients) -> Provider:
+def _anthropic(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
     from providers.anthropic import AnthropicProvider
 
     # The pipeline sets `prefix_key` only for prefixes over the policy's prompt_cache_min_tokens,
@@ -56,14 +56,14 @@ def _anthropic(name: str, spec: TargetSpec, clients: Clients) -> Provider:
     return AnthropicProvider(name, spec, clients.http, min_cache_chars=0)
 
 
-def _selfhost(name: str, spec: TargetSpec, clients: Clients) -> Provider:
+def _selfhost(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
     if spec.embedded is not None:
         from providers.embedded import EmbeddedEngineProvider
 
         return EmbeddedEngineProvider(name, spec, clients.cache_dir)
     from providers.selfhost import SelfHostProvider
 
-    return SelfHostProvider(name, spec, clients.session)
+    return SelfHostProvider(name, spec, clients.session, policy.balancing)
 
 
 FACTORIES: dict[str, Factory] = {
@@ -79,8 +79,10 @@ def build_providers(policy: Policy, clients: Clients, reuse: dict[str, Provider]
     built: dict[str, Provider] = {}
     for name, spec in policy.targets.items():
         old = (reuse or {}).get(name)
-        if old is not None and getattr(old, "spec", None) == spec:
+        if old is not None and getattr(old, "spec", None) == spec and getattr(old, "balancing", None) in (
+            None, policy.balancing
+        ):
             built[name] = old
         else:
-            built[name] = FACTORIES[spec.provider](name, spec, clients)
+            built[name] = FACTORIES[spec.provider](name, spec, clients, policy)
     return built

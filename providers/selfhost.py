@@ -2,8 +2,9 @@
 
 These upstreams already speak the gateway's wire format, so bodies pass through as bytes over a
 pooled aiohttp session (the transport that measured fastest, see NOTES.md); only usage is peeked
-at. One target may have several endpoints (replicas); the balancer picks one per request and
-passes it in `ProviderRequest.endpoint`.
+at. A target with several endpoints (replicas) owns a `Balancer`: `placement()` orders the
+replicas for one request (prefix affinity, token-aware load, health), the pipeline turns them
+into candidates, and each call reports its tokens in flight and its outcome to the balancer.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from policies.schema import TargetSpec
-from providers.base import Completion, Health, ProviderRequest, Timeout, Unavailable
+from gateway.balancer import Balancer
+from policies.schema import BalancerSpec, TargetSpec
+from providers.base import Completion, Health, ProviderError, ProviderRequest, Timeout, Unavailable
 from providers.openai_wire import sse_data, status_error, usage_of
 
 _encode = msgspec.json.encode
@@ -25,25 +27,77 @@ _encode = msgspec.json.encode
 class SelfHostProvider:
     """OpenAI-compatible HTTP upstream; `base_url`/`endpoints` end in `/v1`, like the SDK's."""
 
-    def __init__(self, name: str, spec: TargetSpec, session: aiohttp.ClientSession) -> None:
+    def __init__(
+        self, name: str, spec: TargetSpec, session: aiohttp.ClientSession, balancing: BalancerSpec | None = None
+    ) -> None:
         self.name = name
         self.spec = spec
         self.endpoints = [e.rstrip("/") for e in (spec.endpoints or ([spec.base_url] if spec.base_url else []))]
         if not self.endpoints:
             raise ValueError(f"target {name!r}: a selfhost target needs base_url or endpoints")
         self._session = session
+        self.balancing = balancing
+        self.balancer: Balancer | None = None
+        if len(self.endpoints) > 1:
+            b = balancing or BalancerSpec()
+            self.balancer = Balancer(
+                self.endpoints, session, poll_interval=b.poll_interval, unhealthy_after=b.unhealthy_after,
+                healthy_after=b.healthy_after, load_factor=b.load_factor, deep_check=b.deep_check,
+                deep_model=spec.model,
+            )
         self._headers = {"content-type": "application/json", **spec.headers}
         if spec.api_key_env and os.environ.get(spec.api_key_env):
             self._headers["authorization"] = f"Bearer {os.environ[spec.api_key_env]}"
 
+    def placement(self, prefix_key: str | None, tokens: int) -> list[str]:
+        """Replicas in the order to try them: the balancer's choice, then the rest by preference."""
+        if self.balancer is None:
+            return self.endpoints
+        first = self.balancer.choose(prefix_key, tokens)
+        rest = [s.url for s in self.balancer.preference(prefix_key or "", list(self.balancer.states.values()))
+                if s.url != first]
+        rest.sort(key=lambda url: not self.balancer.states[url].healthy)  # healthy replicas first
+        return [first, *rest]
+
+    def start(self) -> None:
+        if self.balancer is not None:
+            asyncio.get_running_loop().create_task(self.balancer.start())
+
     def _url(self, request: ProviderRequest, path: str) -> str:
         return (request.endpoint or self.endpoints[0]) + path
+
+    def _begin(self, request: ProviderRequest) -> tuple[str | None, int]:
+        if self.balancer is None or request.endpoint not in self.balancer.states:
+            return None, 0
+        tokens = int(request.body.get("max_tokens") or request.body.get("max_completion_tokens") or 0)
+        self.balancer.started(request.endpoint, tokens)
+        return request.endpoint, tokens
+
+    def _end(self, endpoint: str | None, tokens: int, error: BaseException | None) -> None:
+        if endpoint is None:
+            return
+        self.balancer.finished(endpoint, tokens)
+        if isinstance(error, ProviderError) and error.trips_breaker:
+            self.balancer.mark_failure(endpoint)
+        elif error is None:
+            self.balancer.mark_success(endpoint)
 
     def _timeout(self, request: ProviderRequest) -> aiohttp.ClientTimeout:
         # Total and first-token deadlines are enforced by the executor with asyncio timeouts.
         return aiohttp.ClientTimeout(total=None, sock_connect=request.timeouts.connect)
 
     async def complete(self, request: ProviderRequest) -> Completion:
+        endpoint, tokens = self._begin(request)
+        error: BaseException | None = None
+        try:
+            return await self._complete(request)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(endpoint, tokens, error)
+
+    async def _complete(self, request: ProviderRequest) -> Completion:
         try:
             async with self._session.post(
                 self._url(request, "/chat/completions"),
@@ -61,6 +115,18 @@ class SelfHostProvider:
         return Completion(body=body, usage=usage_of(body))
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
+        endpoint, tokens = self._begin(request)
+        error: BaseException | None = None
+        try:
+            async for payload in self._stream(request):
+                yield payload
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._end(endpoint, tokens, error if not isinstance(error, GeneratorExit) else None)
+
+    async def _stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
         try:
             response = await self._session.post(
                 self._url(request, "/chat/completions"),
@@ -94,4 +160,6 @@ class SelfHostProvider:
             return Health(False, f"{type(exc).__name__}: {exc}")
 
     async def aclose(self) -> None:
-        """The session is shared and owned by the provider registry."""
+        """Stops the balancer's health checks; the session is shared and owned by the registry."""
+        if self.balancer is not None:
+            await self.balancer.stop()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from litestar import Request, Response, post
+from litestar import Request, Response, get, post
 
 from gateway.errors import error_body
 
@@ -17,3 +17,10 @@ async def reload_policy(request: Request) -> Response:
         return Response(document, status_code=200)
     body = error_body(str(result.error), code="invalid_policy", details=document["error"])
     return Response(body, status_code=400, media_type="application/json")
+
+
+@get("/admin/breakers")
+async def breakers_view(request: Request) -> dict:
+    """Every breaker the store knows, as all replicas see it (state, failure rate, cool-down)."""
+    request.app.state.gateway.runtime.keyring.require_admin(request.headers)
+    return {"breakers": await request.app.state.breakers.snapshot()}
