@@ -48,6 +48,11 @@ class StubControl:
     faults: deque[Fault] = field(default_factory=deque)
     always: Fault | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
+    # What `GET /load` reports (an engine's view of its queued and running work) and whether
+    # `GET /healthz` answers 200: the balancer's signals.
+    load: dict[str, Any] = field(default_factory=lambda: {"waiting": 0, "running": 0, "queued_prefill_tokens": 0,
+                                                           "active_decode_tokens": 0, "kv_usage": 0.0})
+    healthy: bool = True
     headers: list[dict[str, str]] = field(default_factory=list)
     record: bool = True
     delay_seconds: float = 0.0
@@ -213,9 +218,18 @@ def make_app(control: StubControl) -> web.Application:
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "stub", "object": "model", "created": 0, "owned_by": "stub"}]})
 
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok" if control.healthy else "down"}, status=200 if control.healthy else 503)
+
+    async def load(_: web.Request) -> web.Response:
+        return web.json_response(control.load)
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", healthz)
+    app.router.add_get("/load", load)
     return app
 
 
