@@ -47,6 +47,9 @@ def _spawn(app: Litestar, coroutine) -> None:
 
 
 def _start_providers(runtime: Runtime) -> None:
+    knn = runtime.router.scorer.knn
+    if knn is not None:  # embed the labelled examples now, not on the first `auto` request
+        asyncio.get_running_loop().run_in_executor(None, knn.prepare)
     for provider in runtime.providers.values():
         start = getattr(provider, "start", None)  # in-process engines load in the background
         if start is not None:

@@ -28,13 +28,13 @@ from gateway.executor import Executor, Failure
 from gateway.router import Candidate, Plan, Router
 from gateway.schemas import ChatCompletionRequest, decode_chat_request
 from gateway.streaming import DONE, StreamOutcome, relay, sse
+from gateway.telemetry import RequestRecord, Telemetry
 from policies.schema import Policy
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
 
 if TYPE_CHECKING:
     from cache.semantic import SemanticCache
     from gateway.breaker import BreakerGate
-    from gateway.telemetry import Telemetry
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _NO_CACHE = CacheDecision(False, False, CacheStatus.BYPASS, "no cache configured")
@@ -140,8 +140,6 @@ class Gateway:
                 error: str | None, ttft_s: float | None, fallbacks: int, cache: str) -> None:
         if self.telemetry is None:
             return
-        from gateway.telemetry import RequestRecord
-
         record = RequestRecord(
             tenant=call.principal.tenant if call.principal else "",
             model=call.plan.model if call.plan else "",

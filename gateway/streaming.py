@@ -17,7 +17,7 @@ import msgspec
 
 from gateway.errors import error_body
 from providers.base import ProviderError, Timeout, Usage
-from providers.openai_wire import _UsagePeek, to_usage
+from providers.openai_wire import UsagePeek, to_usage
 
 DONE = b"data: [DONE]\n\n"
 
@@ -34,7 +34,7 @@ class _ChoicePeek(msgspec.Struct):
 
 class _ChunkPeek(msgspec.Struct):
     choices: list[_ChoicePeek] = []
-    usage: _UsagePeek | None = None
+    usage: UsagePeek | None = None
 
 
 _chunk_decoder = msgspec.json.Decoder(_ChunkPeek)

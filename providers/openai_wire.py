@@ -18,14 +18,14 @@ class _PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
 
 
-class _UsagePeek(msgspec.Struct):
+class UsagePeek(msgspec.Struct):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_tokens_details: _PromptDetails | None = None
 
 
 class _BodyPeek(msgspec.Struct):
-    usage: _UsagePeek | None = None
+    usage: UsagePeek | None = None
 
 
 class _ErrorDetail(msgspec.Struct):
@@ -42,7 +42,7 @@ _body_decoder = msgspec.json.Decoder(_BodyPeek)
 _error_decoder = msgspec.json.Decoder(_ErrorPeek)
 
 
-def to_usage(peek: _UsagePeek | None) -> Usage | None:
+def to_usage(peek: UsagePeek | None) -> Usage | None:
     if peek is None:
         return None
     cached = peek.prompt_tokens_details.cached_tokens if peek.prompt_tokens_details else None
