@@ -23,7 +23,7 @@ serve: setup
 # Test-only system dependencies: Redis (running on 127.0.0.1:6379), Prometheus, Node packages.
 test-deps: redis
 	@command -v prometheus >/dev/null 2>&1 || { \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || echo "warning: could not install Debian's prometheus; its end-to-end test will be skipped"; }
 	@cd tests/js && [ -d node_modules/openai ] || npm ci --no-audit --no-fund --silent
 
