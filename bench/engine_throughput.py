@@ -253,8 +253,8 @@ def main():
     ap.add_argument("--input-len", type=int, nargs=2, default=[32, 256])
     ap.add_argument("--output-len", type=int, nargs=2, default=[16, 256])
     ap.add_argument("--block-size", type=int, default=16)
-    ap.add_argument("--num-blocks", type=int, default=None)
-    ap.add_argument("--max-batched-tokens", type=int, default=1024)
+    ap.add_argument("--num-blocks", type=int, default=1100, help="KV pool (1100 x 16 slots fits 32 x 512 tokens)")
+    ap.add_argument("--max-batched-tokens", type=int, default=512)
     ap.add_argument("--workloads", default="random,sharegpt")
     ap.add_argument("--systems", default="ours,static,hf_cb")
     ap.add_argument("--prefix-trials", type=int, default=5)
@@ -293,12 +293,12 @@ def main():
         meta.update(requests=len(reqs), prompt_tokens=sum(len(p) for p, _ in reqs),
                     output_tokens=sum(o for _, o in reqs))
         res = {"workload": meta}
-        if "ours" in systems:
-            res["ours"] = run_ours(model_dir, reqs, args)
-        if "static" in systems:
-            res["static"] = run_static(hf, reqs, args, tok.pad_token_id or 0)
-        if "hf_cb" in systems:
-            res["hf_cb"] = run_hf_cb(hf, reqs, args)
+        for key, fn in (("ours", lambda: run_ours(model_dir, reqs, args)),
+                        ("static", lambda: run_static(hf, reqs, args, tok.pad_token_id or 0)),
+                        ("hf_cb", lambda: run_hf_cb(hf, reqs, args))):
+            if key in systems:
+                res[key] = fn()
+                print(f"# {wl} {key}: {json.dumps(res[key])}", file=sys.stderr, flush=True)
         if "ours" in res and "static" in res:
             res["speedup_vs_static"] = round(res["ours"]["output_tok_per_s"] / res["static"]["output_tok_per_s"], 2)
         if "ours" in res and "hf_cb" in res:
