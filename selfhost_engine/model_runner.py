@@ -85,7 +85,7 @@ class ModelRunner:
         per_block = KVCache.bytes_per_block(self.num_layers, c.block_size, self.num_kv_heads,
                                             self.head_dim, self.dtype)
         if self.device.type == "cuda":  # pragma: no cover - GPU only
-            self._warmup(c.max_num_batched_tokens)
+            self.warmup(c.max_num_batched_tokens)
             free, total = torch.cuda.mem_get_info(self.device)
             peak = torch.cuda.max_memory_allocated(self.device)
             cur = torch.cuda.memory_allocated(self.device)
@@ -100,12 +100,19 @@ class ModelRunner:
         return max(1, min(want, cap))
 
     @torch.inference_mode()
-    def _warmup(self, num_tokens: int) -> None:  # pragma: no cover - GPU only
-        n = min(num_tokens, self.config.max_model_len)
+    def warmup(self, num_tokens: int) -> None:
+        """One prefill forward of num_tokens with a scratch KV cache (measures peak activation memory
+        on CUDA before the real pool is sized)."""
+        bs = self.config.block_size
+        n = max(1, min(num_tokens, self.config.max_model_len or num_tokens))
+        kv = KVCache(self.num_layers, -(-n // bs), bs, self.num_kv_heads, self.head_dim, self.dtype, self.device)
+        ctx = AttentionContext(kv, torch.arange(n, device=self.device), prefills=[PrefillChunk(0, n, n)])
         ids = torch.zeros((1, n), dtype=torch.long, device=self.device)
         pos = torch.arange(n, device=self.device)[None]
-        self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1)
-        torch.cuda.synchronize()
+        self.model(input_ids=ids, position_ids=pos, use_cache=False, logits_to_keep=1, paged_ctx=ctx)
+        del kv, ctx
+        if self.device.type == "cuda":  # pragma: no cover - GPU only
+            torch.cuda.synchronize()
 
     # ---- batch preparation ----------------------------------------------------------------------
     def _prepare(self, scheduled: list[tuple[Sequence, int]], num_decodes: int):

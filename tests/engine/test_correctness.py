@@ -166,3 +166,11 @@ def test_other_architectures_match_generate(arch, tmp_path, tiny_model_dir, make
     eng = make_engine(tmp_path, block_size=4, num_blocks=32, max_num_batched_tokens=8)
     got = [o["token_ids"] for o in eng.generate(prompts, SamplingParams(max_tokens=8, **GREEDY))]
     assert got == expected
+
+
+def test_warmup_forward_runs_with_scratch_cache(make_engine):
+    """The forward used to size the KV pool on CUDA runs (here on CPU) without touching the real pool."""
+    eng = make_engine(block_size=4, num_blocks=16)
+    before = [k.clone() for k in eng.runner.kv.k]
+    eng.runner.warmup(37)
+    assert all(torch.equal(a, b) for a, b in zip(before, eng.runner.kv.k))
