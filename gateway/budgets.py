@@ -272,6 +272,17 @@ def _headers(windows: Sequence[_Window], values: Sequence[int], now: float) -> d
     return out
 
 
+def _reservation(
+    request_id: str, tenant: str, model: str, tokens: int, usd: float, windows: Sequence[_Window],
+    values: Sequence[int], now: float, expires_at: float, backend: str,
+) -> Reservation:
+    return Reservation(
+        request_id=request_id, tenant=tenant, model=model, tokens=tokens, usd=usd,
+        headers=_headers(windows, values, now), expires_at=expires_at, backend=backend,
+        keys=tuple(w.key for w in windows),
+    )
+
+
 def _exceeded(
     tenant: str, windows: Sequence[_Window], values: Sequence[int], tokens: int, nano: int, now: float
 ) -> BudgetExceeded:
@@ -467,17 +478,7 @@ class MemoryBudgets:
             expires_at = now + self.reservation_ttl
             self._records[(tenant, request_id)] = _MemRecord(tokens, nano, windows, expires_at)
             heapq.heappush(self._active.setdefault(tenant, []), (expires_at, request_id))
-        return Reservation(
-            request_id=request_id,
-            tenant=tenant,
-            model=model,
-            tokens=tokens,
-            usd=usd,
-            headers=_headers(windows, values, now),
-            expires_at=expires_at,
-            backend="memory",
-            keys=tuple(w.key for w in windows),
-        )
+        return _reservation(request_id, tenant, model, tokens, usd, windows, values, now, expires_at, "memory")
 
     async def settle(self, reservation: Reservation, *, tokens: int, usd: float) -> None:
         if tokens < 0:
@@ -609,17 +610,7 @@ class RedisBudgets:
             raise ValueError(f"request id {request_id!r} was already reserved")
         if status == 0:
             raise _exceeded(tenant, windows, values, tokens, nano, now)
-        return Reservation(
-            request_id=request_id,
-            tenant=tenant,
-            model=model,
-            tokens=tokens,
-            usd=usd,
-            headers=_headers(windows, values, now),
-            expires_at=expires_at,
-            backend="redis",
-            keys=tuple(w.key for w in windows),
-        )
+        return _reservation(request_id, tenant, model, tokens, usd, windows, values, now, expires_at, "redis")
 
     async def settle(self, reservation: Reservation, *, tokens: int, usd: float) -> None:
         if tokens < 0:

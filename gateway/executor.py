@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from gateway.errors import GatewayError
 from gateway.router import Candidate, Plan
+from gateway.streaming import close_quietly
 from policies.schema import RetrySpec
 from providers.base import (
     BadRequest,
@@ -168,7 +169,7 @@ class Executor:
                     async with asyncio.timeout(min(request.timeouts.first_token, request.timeouts.total)):
                         first = await anext(stream)
                 except BaseException:
-                    await _close(stream)
+                    await close_quietly(stream)
                     raise
                 return first, stream
 
@@ -182,15 +183,6 @@ class Executor:
                     raise as_gateway_error(exc) from None
                 failures.append(Failure(candidate.name, exc))
         raise all_failed(failures)
-
-
-async def _close(stream: AsyncIterator[bytes]) -> None:
-    aclose = getattr(stream, "aclose", None)
-    if aclose is not None:
-        try:
-            await aclose()
-        except Exception:
-            pass
 
 
 def _skipped(target: str) -> ProviderError:

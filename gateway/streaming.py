@@ -55,6 +55,16 @@ class StreamOutcome:
 SettleCallback = Callable[[StreamOutcome], Awaitable[None]]
 
 
+async def close_quietly(stream: AsyncIterator[bytes]) -> None:
+    """Close an upstream stream (cancelling its HTTP call); a failure to close changes nothing."""
+    aclose = getattr(stream, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:
+            pass
+
+
 def sse(payload: bytes) -> bytes:
     return b"data: " + payload + b"\n\n"
 
@@ -122,12 +132,7 @@ async def relay(
         yield _error_frame(error.message, error.error_type, error.code, target)
         yield DONE
     finally:
-        aclose = getattr(rest, "aclose", None)
-        if aclose is not None:
-            try:
-                await aclose()
-            except Exception:
-                pass
+        await close_quietly(rest)
         reported = usage is not None
         final = usage or Usage(prompt_tokens=prompt_tokens_estimate, completion_tokens=delivered)
         await asyncio.shield(
