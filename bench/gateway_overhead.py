@@ -6,6 +6,10 @@ both equally. Gateway pinned to CPU 0; load generator and mock on the other CPU.
 
     python bench/gateway_overhead.py [--quick] [--target passthrough|sdk|both] [--budgets]
 
+With --budgets, a second gateway keeps budgets in Redis for a tenant with limits on every window,
+and its c=1 latency is interleaved with the first (in-memory state, no limits) in the same run:
+the difference is what reserve + settle against Redis add per request.
+
 Prints one JSON document and a one-line summary.
 """
 
@@ -141,11 +145,19 @@ async def run(args) -> dict:
     upstream = f"http://127.0.0.1:{port}/v1"
     results: dict = {"machine_cpus": len(cpus), "gateway_cpus": sorted(gateway_cpu), "budgets": args.budgets}
     tmp = Path(tempfile.mkdtemp())
-    redis_url = args.redis_url if args.budgets else None
-    gateway = GatewayProcess(write_policy(tmp, upstream, args.budgets), dev_key=KEY, redis_url=redis_url,
-                             cpus=gateway_cpu, env={"BENCH_UPSTREAM_KEY": "x"})
+    gateway = GatewayProcess(write_policy(tmp, upstream, False), dev_key=KEY, cpus=gateway_cpu,
+                             env={"BENCH_UPSTREAM_KEY": "x"})
+    budgeted = None
+    if args.budgets:
+        budget_dir = tmp / "budgets"
+        budget_dir.mkdir()
+        budgeted = GatewayProcess(write_policy(budget_dir, upstream, True), dev_key="sk-unused", redis_url=args.redis_url,
+                                  cpus=gateway_cpu, env={"BENCH_UPSTREAM_KEY": "x"},
+                                  extra_args=["--redis-prefix", f"gwbench:{os.getpid()}:"])
     try:
         gateway.wait_ready()
+        if budgeted is not None:
+            budgeted.wait_ready()
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             for _ in range(50):  # wait for the mock
@@ -170,8 +182,19 @@ async def run(args) -> dict:
                     d = await closed_loop(session, *direct, stream, 32, secs)
                     g = await closed_loop(session, *via, stream, 32, secs)
                     results[f"{target}_{kind}_c32"] = {"direct": d, "gateway": g}
+            if budgeted is not None:
+                body = json.dumps({**BODY, "model": "passthrough"}).encode()
+                off = (gateway.base_url + "/chat/completions", body, headers)
+                on = (budgeted.base_url + "/chat/completions", body, headers)
+                await interleaved_c1(session, off, on, False, 50)
+                r = await interleaved_c1(session, off, on, False, 300 if args.quick else 2000)
+                results["budgets_c1"] = {"off_p50_ms": r["direct_p50_ms"], "on_p50_ms": r["gateway_p50_ms"],
+                                         "off_p99_ms": r["direct_p99_ms"], "on_p99_ms": r["gateway_p99_ms"],
+                                         "added_p50_ms": r["added_p50_ms"], "added_p99_ms": r["added_p99_ms"]}
     finally:
         gateway.stop()
+        if budgeted is not None:
+            budgeted.stop()
         stub.terminate()
         stub.wait(5)
     return results
@@ -195,6 +218,10 @@ def main() -> None:
     t = "passthrough" if "passthrough_json_c1" in results else "sdk"
     c1, js, st = results[f"{t}_json_c1"], results[f"{t}_json_c32"]["gateway"], results[f"{t}_stream_c32"]["gateway"]
     s1 = results[f"{t}_stream_c1"]
+    if "budgets_c1" in results:
+        b = results["budgets_c1"]
+        print(f"SUMMARY budgets (Redis reserve+settle) add p50 {b['added_p50_ms']:.2f} ms / p99 {b['added_p99_ms']:.2f} ms "
+              f"per request at c=1 (target p50 <= 0.5)")
     print(f"SUMMARY [{t}] added p50 {c1['added_p50_ms']:.2f} ms / p99 {c1['added_p99_ms']:.2f} ms at c=1 "
           f"(targets <=1 / <=3); stream TTFB added p50 {s1['added_ttfb_p50_ms']:.2f} ms; "
           f"{js['rps']:.0f} req/s non-streamed and {st['rps']:.0f} streams/s at c=32 (targets >=1000 / >=300)")
