@@ -33,9 +33,18 @@ def pct(xs: list[float], p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+_CPU0 = [0.0]
+
+
+def cpu_mark() -> None:
+    _CPU0[0] = time.process_time()
+
+
 def summarize(name, reqs, t_total, ttft, tpot, extra=None) -> dict:
     useful = sum(o for _, o in reqs)
+    cpu = time.process_time() - _CPU0[0]   # all threads of this process: robust to other load on the machine
     d = {"system": name, "requests": len(reqs), "useful_output_tokens": useful, "seconds": round(t_total, 3),
+         "cpu_seconds": round(cpu, 3), "output_tok_per_cpu_s": round(useful / cpu, 2),
          "output_tok_per_s": round(useful / t_total, 2), "req_per_s": round(len(reqs) / t_total, 3),
          "ttft_p50_s": round(pct(ttft, 50), 4), "ttft_p99_s": round(pct(ttft, 99), 4),
          "tpot_p50_ms": round(1000 * pct(tpot, 50), 2), "tpot_p99_ms": round(1000 * pct(tpot, 99), 2)}
@@ -112,6 +121,7 @@ def run_ours(model_dir, reqs, args):
     eng.generate([list(range(10, 60))] * 2, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))  # warm-up
     eng.stats.kv_stored_token_steps = eng.stats.kv_allocated_slot_steps = 0
     pre0 = eng.scheduler.num_preemptions
+    cpu_mark()
     t0 = time.monotonic()
     seqs = []
     for p, o in reqs:
@@ -150,6 +160,7 @@ class _StepClock:
 def run_static(model, reqs, args, pad_id):
     from transformers import LogitsProcessorList
 
+    cpu_mark()
     t0 = time.monotonic()
     ttft, tpot, generated = [], [], 0
     with torch.inference_mode():
@@ -186,6 +197,7 @@ def run_hf_cb(model, reqs, args):
                           max_generated_length=max(o for _, o in reqs), num_requests=len(reqs))
     with model.continuous_batching_context_manager(generation_config=gc, block=True, timeout=5,
                                                    workload_hints=hints) as m:
+        cpu_mark()
         t0 = time.monotonic()
         tp0 = time.perf_counter()
         ids = [m.add_request(p, request_id=f"r{i}", max_new_tokens=o, eos_token_id=-1, record_timestamps=True)
