@@ -179,6 +179,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             task.cancel()
         gateway: Gateway | None = getattr(app.state, "gateway", None)
         if gateway is not None:
+            await gateway.drain()
             for provider in gateway.runtime.providers.values():
                 await provider.aclose()
             await gateway.budgets.aclose()

@@ -296,9 +296,24 @@ class Gateway:
             raise self._reject(call, GatewayError(409, str(exc), code="duplicate_request_id"), "bad_request") from None
         call.headers.update(call.reservation.headers)
 
-    async def _settle(self, call: Call, usage: Usage, usd: float) -> None:
+    def _settle(self, call: Call, usage: Usage, usd: float) -> None:
+        """Settle after the reply, not before it: the caller never waits for the budget store.
+
+        The task is tracked and drained on shutdown; if a replica dies first, the reservation
+        expires and is reclaimed (budgets.py), so nothing stays reserved for ever.
+        """
         if call.reservation is not None:
-            await self.budgets.settle(call.reservation, tokens=usage.total_tokens, usd=usd)
+            self._later(self.budgets.settle(call.reservation, tokens=usage.total_tokens, usd=usd))
+
+    def _later(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self, timeout: float = 10.0) -> None:
+        """Finish settlements and cache writes still in flight (graceful shutdown)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)
 
     def _provider_request(self, call: Call, candidate: Candidate) -> ProviderRequest:
         body = dict(call.body)
@@ -361,7 +376,7 @@ class Gateway:
             usd = max(cost_of(c, usage) for c in call.plan.candidates)
             raise
         finally:
-            await asyncio.shield(self._settle(call, usage, usd))
+            self._settle(call, usage, usd)
         self._route_headers(call, candidate, failures)
         self._record(call, candidate, usage, usd, status=200, error=None, ttft_s=None,
                      fallbacks=len(failures), cache=str(call.cache.status))
@@ -378,19 +393,17 @@ class Gateway:
             if stored and self.semantic is not None and call.semantic_query is not None:
                 await self.semantic.add(call.semantic_query, call.cache_key, spec.ttl_seconds)
 
-        task = asyncio.get_running_loop().create_task(store())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._later(store())
 
     async def _stream(self, call: Call) -> Reply:
         try:
             start = await self.executor.open_stream(call.plan, lambda c: self._provider_request(call, c),
                                                     span=self._attempt_span(call))
         except GatewayError as exc:
-            await self._settle(call, Usage(), 0.0)
+            self._settle(call, Usage(), 0.0)
             raise self._failed(call, exc) from None
         except BaseException:
-            await asyncio.shield(self._settle(call, Usage(), 0.0))
+            self._settle(call, Usage(), 0.0)
             raise
         candidate = start.candidate
         self._route_headers(call, candidate, start.failures)
@@ -398,7 +411,7 @@ class Gateway:
 
         async def settle(outcome: StreamOutcome) -> None:
             usd = cost_of(candidate, outcome.usage)
-            await self._settle(call, outcome.usage, usd)
+            self._settle(call, outcome.usage, usd)
             error = type(outcome.error).__name__ if outcome.error else (None if outcome.completed else "client_disconnect")
             self._record(call, candidate, outcome.usage, usd, status=200, error=error, ttft_s=outcome.first_byte_s,
                          fallbacks=len(start.failures), cache=str(call.cache.status))

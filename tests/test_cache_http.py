@@ -69,6 +69,16 @@ def _reset(upstream):
     upstream.control.usage_prompt_tokens = None
 
 
+def settled_usage(gw, tenant: str) -> dict:
+    """Usage once settlement (which follows the reply) has landed."""
+    for _ in range(100):
+        document = httpx.get(f"{gw.root_url}/admin/tenants/{tenant}/usage", headers={"authorization": f"Bearer {ADMIN}"}).json()
+        if document["windows"]["usd_per_month"]["reserved"] == 0:
+            return document
+        time.sleep(0.05)
+    return document
+
+
 def client(gw, key=KEY_A):
     return openai.OpenAI(base_url=gw.base_url, api_key=key, max_retries=0)
 
@@ -213,10 +223,10 @@ def test_anthropic_gets_cache_control_on_long_static_prefixes(gw, anthropic_upst
 def test_cached_prompt_tokens_are_priced_at_the_cached_rate(gw, upstream):
     upstream.control.usage_prompt_tokens = 1000
     upstream.control.cached_tokens = 800
-    before = httpx.get(f"{gw.root_url}/admin/tenants/b/usage", headers={"authorization": f"Bearer {ADMIN}"}).json()
+    before = settled_usage(gw, "b")
     done = ask(gw, key=KEY_B, messages=unique("priced")).parse()
     assert done.usage.prompt_tokens_details.cached_tokens == 800
-    after = httpx.get(f"{gw.root_url}/admin/tenants/b/usage", headers={"authorization": f"Bearer {ADMIN}"}).json()
+    after = settled_usage(gw, "b")
     spent = after["windows"]["usd_per_month"]["spent"] - before["windows"]["usd_per_month"]["spent"]
     expected = (200 * 1.0 + 800 * 0.1 + done.usage.completion_tokens * 2.0) / 1e6
     assert spent == pytest.approx(expected, abs=1e-9)
