@@ -4,7 +4,7 @@
 Targets: heuristic p99 <= 1 ms; embedding p99 <= 15 ms (CPU).
 
     python bench/difficulty_latency.py [--prompts 400] [--rounds 5] [--knn-rounds 1] [--torch-threads N]
-                                        [--knn-tokens 96] [--no-gc-freeze] [--no-knn]
+                                        [--knn-tokens 64] [--no-gc-freeze] [--no-knn]
 
 Prints one JSON document, then a one-line summary.
 """
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5, help="heuristic passes over the prompts")
     ap.add_argument("--knn-rounds", type=int, default=1, help="embedding passes over the prompts")
     ap.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
-    ap.add_argument("--knn-tokens", type=int, default=96, help="word pieces embedded per prompt")
+    ap.add_argument("--knn-tokens", type=int, default=64, help="word pieces embedded per prompt")
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="skip gc.freeze() after warm-up (the gateway freezes after startup)")
     ap.add_argument("--no-knn", action="store_true")
