@@ -56,6 +56,9 @@ class TargetSpec(_Spec):
 
     provider: Literal["openai", "azure", "anthropic", "selfhost"]
     model: Name
+    # openai only: "sdk" calls through the official SDK; "passthrough" forwards bytes over the
+    # pooled aiohttp session (measured ~3x the throughput; same wire format and auth header).
+    transport: Literal["sdk", "passthrough"] = "sdk"
     base_url: str | None = None
     # Several replicas of one self-hosted target (balanced by load and prefix affinity).
     endpoints: list[str] = []

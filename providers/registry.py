@@ -45,7 +45,7 @@ Factory = Callable[[str, TargetSpec, Clients, Policy], Provider]
 def _openai(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
     from providers.openai import OpenAIProvider
 
-    return OpenAIProvider(name, spec, clients.http)
+    return OpenAIProvider(name, spec, clients.http, session=clients.session)
 
 
 def _anthropic(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:

@@ -259,3 +259,31 @@ def test_failover_to_the_next_target(tmp_path, openai_stub):
             chunks = list(client.chat.completions.create(model="gpt-test", messages=MESSAGES, stream=True))
             assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "from the fallback"
             assert fallback.control.requests[-1]["model"] == "local-model"
+
+
+def test_openai_passthrough_transport(tmp_path, openai_stub):
+    """`transport: passthrough` forwards bytes with the same key, hints and error mapping as the SDK."""
+    policy = write_policy(tmp_path, f"""
+        targets:
+          fast-openai:
+            provider: openai
+            transport: passthrough
+            model: gpt-4o-mini
+            base_url: {openai_stub.base_url}
+            api_key_env: STUB_OPENAI_KEY
+        models:
+          gpt-fast: {{targets: [fast-openai], cache: {{prompt_cache_min_tokens: 256}}}}
+    """)
+    with GatewayProcess(policy) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=gw.dev_key, max_retries=0)
+        assert client.chat.completions.create(model="gpt-fast", messages=MESSAGES).choices[0].message.content == \
+            "echo: hello gateway"
+        assert openai_stub.control.headers[-1]["Authorization"] == "Bearer sk-upstream"
+        chunks = list(client.chat.completions.create(model="gpt-fast", messages=MESSAGES, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo: hello gateway"
+        long_system = [{"role": "system", "content": "Rules. " * 300}, {"role": "user", "content": "q"}]
+        client.chat.completions.create(model="gpt-fast", messages=long_system)
+        assert openai_stub.control.requests[-1]["prompt_cache_key"].startswith("gw-")
+        openai_stub.control.fail_next(2, status=429, message="slow down", retry_after=2)
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="gpt-fast", messages=MESSAGES)
