@@ -128,6 +128,7 @@ class Gateway:
 
     def _reject(self, call: Call, exc: GatewayError, reason: str) -> GatewayError:
         exc.headers.setdefault("x-request-id", call.request_id)
+        exc.headers.setdefault("x-gateway-target", "none")  # refused before any target was tried
         exc.headers.update(call.headers)
         if self.telemetry is not None:
             tenant = call.principal.tenant if call.principal else None
@@ -354,6 +355,9 @@ class Gateway:
 
     def _failed(self, call: Call, exc: GatewayError) -> GatewayError:
         exc.headers.update(call.headers)
+        exc.headers.setdefault("x-gateway-target", "none")  # every target failed: see x-gateway-fallbacks
+        if isinstance(exc.details, list) and exc.details:
+            exc.headers.setdefault("x-gateway-fallbacks", ",".join(str(d["target"]) for d in exc.details))
         if self.telemetry is not None and isinstance(exc.details, list):
             for detail in exc.details:
                 self.telemetry.failover(str(detail["target"]), None)

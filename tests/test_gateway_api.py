@@ -133,6 +133,7 @@ def test_bad_keys_are_401(gateway, key, exception):
 def test_missing_key_is_401_and_x_api_key_works(gateway):
     response = httpx.post(gateway.base_url + "/chat/completions", json={"model": "gpt-test", "messages": MESSAGES})
     assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+    assert response.headers["x-request-id"].startswith("req_") and response.headers["x-gateway-target"] == "none"
     response = httpx.post(gateway.base_url + "/chat/completions", headers={"x-api-key": gateway.dev_key},
                           json={"model": "gpt-test", "messages": MESSAGES})
     assert response.status_code == 200
@@ -159,6 +160,9 @@ def test_sdk_exception_classes(client, openai_stub):
         client.chat.completions.create(model="gpt-test", messages=MESSAGES)
     assert info.value.status_code == 503 and info.value.body["code"] == "all_targets_failed"
     assert info.value.body["details"][0]["target"] == "stub-openai"
+    headers = info.value.response.headers
+    assert (headers["x-gateway-target"], headers["x-gateway-fallbacks"]) == ("none", "stub-openai")
+    assert headers["x-request-id"].startswith("req_")
 
 
 def test_retryable_error_is_retried_on_the_same_target(client, openai_stub):

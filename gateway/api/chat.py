@@ -26,6 +26,7 @@ def _headers(extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
 
 
 async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    headers = {"x-gateway-target": "none", **headers}  # every reply says what served it
     await send({"type": "http.response.start", "status": status,
                 "headers": [_JSON, (b"content-length", str(len(body)).encode()), *_headers(headers)]})
     await send({"type": "http.response.body", "body": body})
