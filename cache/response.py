@@ -447,3 +447,68 @@ def replay_chunks(
         chunk["usage"] = dict(usage) if usage is not None else doc.get("usage")
         out.append(msgspec.json.encode(chunk))
     return out
+
+
+def assemble_completion(payloads: list[bytes]) -> bytes | None:
+    """The inverse of `replay_chunks`: a finished stream's chunk payloads as one `chat.completion`,
+    so streamed answers can be cached too. None when the stream is not a complete, cacheable
+    answer (no choices, a choice without a finish_reason, an in-band error, unparsable JSON).
+    """
+    head: dict[str, Any] | None = None
+    usage = None
+    choices: dict[int, dict[str, Any]] = {}
+    for payload in payloads:
+        try:
+            chunk = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            return None
+        if not isinstance(chunk, dict) or "error" in chunk:
+            return None
+        head = head or chunk
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for delta_choice in chunk.get("choices") or []:
+            index = delta_choice.get("index", 0)
+            state = choices.setdefault(index, {"role": "assistant", "content": [], "refusal": [], "tools": {},
+                                               "finish_reason": None})
+            delta = delta_choice.get("delta") or {}
+            if delta.get("role"):
+                state["role"] = delta["role"]
+            if delta.get("content"):
+                state["content"].append(delta["content"])
+            if delta.get("refusal"):
+                state["refusal"].append(delta["refusal"])
+            for call in delta.get("tool_calls") or []:
+                slot = state["tools"].setdefault(call.get("index", 0), {"id": None, "type": "function",
+                                                                         "name": None, "arguments": []})
+                slot["id"] = call.get("id") or slot["id"]
+                slot["type"] = call.get("type") or slot["type"]
+                function = call.get("function") or {}
+                slot["name"] = function.get("name") or slot["name"]
+                if function.get("arguments"):
+                    slot["arguments"].append(function["arguments"])
+            if delta_choice.get("finish_reason"):
+                state["finish_reason"] = delta_choice["finish_reason"]
+    if head is None or not choices or any(c["finish_reason"] is None for c in choices.values()):
+        return None
+    out_choices = []
+    for index in sorted(choices):
+        state = choices[index]
+        message: dict[str, Any] = {"role": state["role"],
+                                   "content": "".join(state["content"]) if state["content"] or not state["tools"] else None,
+                                   "refusal": "".join(state["refusal"]) or None}
+        if state["tools"]:
+            message["tool_calls"] = [
+                {"id": t["id"], "type": t["type"], "function": {"name": t["name"], "arguments": "".join(t["arguments"])}}
+                for _, t in sorted(state["tools"].items())
+            ]
+        out_choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": state["finish_reason"]})
+    document: dict[str, Any] = {"id": head.get("id", ""), "object": "chat.completion",
+                                "created": head.get("created", int(time.time())), "model": head.get("model", ""),
+                                "choices": out_choices}
+    for extra in ("service_tier", "system_fingerprint"):
+        if head.get(extra) is not None:
+            document[extra] = head[extra]
+    if usage is not None:
+        document["usage"] = usage
+    return msgspec.json.encode(document)

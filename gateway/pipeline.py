@@ -19,7 +19,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cache.prefix import prefix_fingerprint, prompt_cache_key
-from cache.response import CacheDecision, CachedAnswer, CacheStatus, ResponseCache, replay_chunks, savings
+from cache.response import (
+    CacheDecision,
+    CachedAnswer,
+    CacheStatus,
+    ResponseCache,
+    assemble_completion,
+    replay_chunks,
+    savings,
+)
 from gateway.admission import Admitted, admit, check_body_size, estimate_prompt_tokens
 from gateway.auth import KeyRing, Principal
 from gateway.budgets import BudgetExceeded, Budgets, BudgetsUnavailable, MemoryBudgets, Reservation
@@ -27,7 +35,7 @@ from gateway.errors import GatewayError
 from gateway.executor import Executor, Failure
 from gateway.router import Candidate, Plan, Router
 from gateway.schemas import ChatCompletionRequest, decode_chat_request
-from gateway.streaming import DONE, StreamOutcome, relay, sse
+from gateway.streaming import DONE, StreamOutcome, close_quietly, relay, sse
 from gateway.telemetry import RequestRecord, Telemetry
 from policies.schema import Policy
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
@@ -96,6 +104,15 @@ def _budget_error(exc: BudgetExceeded) -> GatewayError:
     else:
         kind = "requests" if exc.window in ("requests_per_minute", "concurrent_requests") else "tokens"
     return GatewayError(429, exc.message, type=kind, code=exc.code, headers=dict(exc.headers))
+
+
+async def _keeping(stream: AsyncIterator[bytes], kept: list[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for payload in stream:
+            kept.append(payload)
+            yield payload
+    finally:
+        await close_quietly(stream)
 
 
 class Gateway:
@@ -412,17 +429,24 @@ class Gateway:
         candidate = start.candidate
         self._route_headers(call, candidate, start.failures)
         include_usage = bool(call.request.stream_options and call.request.stream_options.include_usage)
+        # A cacheable stream is kept (references only) so a clean finish can be stored as a completion.
+        kept: list[bytes] | None = [start.first] if call.cache.store and call.cache_key is not None else None
+        rest = start.rest if kept is None else _keeping(start.rest, kept)
 
         async def settle(outcome: StreamOutcome) -> None:
             usd = cost_of(candidate, outcome.usage)
             self._settle(call, outcome.usage, usd)
+            if kept is not None and outcome.completed and outcome.error is None:
+                body = assemble_completion(kept)
+                if body is not None:
+                    self._store_later(call, body, outcome.usage)
             error = type(outcome.error).__name__ if outcome.error else (None if outcome.completed else "client_disconnect")
             self._record(call, candidate, outcome.usage, usd, status=200, error=error, ttft_s=outcome.first_byte_s,
                          fallbacks=len(start.failures), cache=str(call.cache.status))
 
         frames = relay(
             start.first,
-            start.rest,
+            rest,
             include_usage=include_usage,
             prompt_tokens_estimate=call.admitted.prompt_tokens,
             deadline=time.monotonic() + candidate.timeouts.total,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 
@@ -67,6 +68,7 @@ def _reset(upstream):
     upstream.control.headers.clear()
     upstream.control.cached_tokens = 0
     upstream.control.usage_prompt_tokens = None
+    upstream.control.reply = None
 
 
 def settled_usage(gw, tenant: str) -> dict:
@@ -114,6 +116,57 @@ def test_deterministic_request_hits_and_replays_as_a_stream(gw, upstream):
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == first.parse().choices[0].message.content
     assert chunks[-1].usage.total_tokens == first.parse().usage.total_tokens
     assert len(upstream.control.requests) == 1, "the stream was replayed from the cache"
+
+
+def only_if_cached(gw, messages, **extra) -> httpx.Response:
+    return httpx.post(gw.base_url + "/chat/completions",
+                      headers={"authorization": f"Bearer {KEY_A}", "cache-control": "only-if-cached"},
+                      json={"model": "cached", "messages": messages, "temperature": 0, **extra})
+
+
+def test_streamed_answers_are_cached_and_cut_streams_are_not(gw, upstream):
+    messages = unique("streamed first")
+    streamed = list(client(gw).chat.completions.create(model="cached", messages=messages, temperature=0, stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+    for _ in range(50):  # stored right after the stream ends
+        hit = only_if_cached(gw, messages)
+        if hit.status_code == 200:
+            break
+        time.sleep(0.05)
+    assert hit.status_code == 200 and hit.headers["x-gateway-cache"] == "hit"
+    assert hit.json()["choices"][0]["message"]["content"] == text
+    assert hit.json()["usage"]["completion_tokens"] == len(text.split(" "))
+    assert len(upstream.control.requests) == 1
+    # A stream cut mid-way is never stored.
+    cut = unique("cut short")
+    upstream.control.reply = "one two three four five"
+    upstream.control.fail_next(1, status=200, cut_after_chunks=2)
+    with pytest.raises(openai.APIError):
+        list(client(gw).chat.completions.create(model="cached", messages=cut, temperature=0, stream=True))
+    time.sleep(0.3)
+    assert only_if_cached(gw, cut).status_code == 504
+
+
+def test_assembled_stream_round_trips_through_replay():
+    from cache.response import assemble_completion, replay_chunks
+
+    completion = {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+                     "message": {"role": "assistant", "content": None, "refusal": None, "tool_calls": [
+                         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": '{"a": [1, 2, 3]}'}},
+                         {"id": "call_2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}},
+                    {"index": 1, "finish_reason": "stop", "logprobs": None,
+                     "message": {"role": "assistant", "content": "plain text answer here", "refusal": None}}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12},
+    }
+    body = json.dumps(completion).encode()
+    assembled = json.loads(assemble_completion(replay_chunks(body, include_usage=True)))
+    assert assembled["choices"] == completion["choices"]
+    assert assembled["usage"] == completion["usage"] and assembled["id"] == "chatcmpl-1"
+    unfinished = replay_chunks(body, include_usage=False)[:-3]
+    assert assemble_completion(unfinished) is None, "a stream without its finish is not an answer"
+    assert assemble_completion([b'{"error": {"message": "boom"}}']) is None
 
 
 def test_sampled_and_opted_out_requests_bypass(gw, upstream):
