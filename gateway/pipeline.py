@@ -211,7 +211,6 @@ class Gateway:
             call.headers["x-gateway-route"] = call.plan.route_name
         if call.plan.difficulty is not None:
             call.headers["x-gateway-difficulty"] = call.plan.difficulty.header()
-        self._prefix(call)
 
         hit = await self._cache_lookup(call, headers)
         if hit is not None:
@@ -221,6 +220,7 @@ class Gateway:
             error = GatewayError(504, "No cached answer for this request (Cache-Control: only-if-cached).",
                                  type="cache_miss", code="not_cached")
             raise self._reject(call, error, "not_cached") from None
+        self._prefix(call)  # only for requests that go upstream: hits need no placement
         await self._reserve(call)
         if self.breakers is not None:  # see breakers another replica opened, claim probe permits
             await self.breakers.refresh([c.key for c in call.plan.candidates])
