@@ -29,7 +29,6 @@ from grafana_foundation_sdk.models.dashboard import (
     DataSourceRef,
     Threshold,
     ThresholdsMode,
-    VariableHide,
     VariableRefresh,
     VariableSort,
 )

@@ -40,6 +40,7 @@ from providers.base import (
     Usage,
     error_from_status,
     parse_retry_after,
+    sdk_kwargs,
 )
 
 __all__ = ["AnthropicProvider", "StreamTranslator", "completion_from_message", "to_anthropic"]
@@ -477,14 +478,6 @@ def map_error(exc: BaseException, target: str) -> ProviderError:
 _SDK_PARAMS = frozenset(inspect.signature(anthropic.resources.messages.AsyncMessages.create).parameters) - {"self"}
 
 
-def _sdk_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-    kwargs = {k: v for k, v in params.items() if k in _SDK_PARAMS}
-    extra = {k: v for k, v in params.items() if k not in _SDK_PARAMS}
-    if extra:
-        kwargs["extra_body"] = extra
-    return kwargs
-
-
 def _sdk_timeout(timeouts: Timeouts, *, stream: bool) -> httpx2.Timeout:
     """Per-read timeout: a stream must show life within `first_token`; a plain call may take `total`."""
     read = min(timeouts.first_token, timeouts.total) if stream else timeouts.total
@@ -551,7 +544,7 @@ class AnthropicProvider:
         try:
             async with asyncio.timeout(request.timeouts.total):
                 message = await self._client.messages.create(
-                    **_sdk_kwargs(params), timeout=_sdk_timeout(request.timeouts, stream=False)
+                    **sdk_kwargs(params, _SDK_PARAMS), timeout=_sdk_timeout(request.timeouts, stream=False)
                 )
         except Exception as exc:
             raise map_error(exc, self.name) from exc
@@ -572,7 +565,7 @@ class AnthropicProvider:
             try:
                 async with asyncio.timeout_at(first_token_deadline):
                     upstream = await self._client.messages.create(
-                        **_sdk_kwargs(params), stream=True, timeout=_sdk_timeout(request.timeouts, stream=True)
+                        **sdk_kwargs(params, _SDK_PARAMS), stream=True, timeout=_sdk_timeout(request.timeouts, stream=True)
                     )
                     pending: list[dict[str, Any]] = []
                     while not pending:  # up to and including message_start: nothing yielded yet

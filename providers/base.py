@@ -54,7 +54,7 @@ class ProviderRequest:
     # Fingerprint of the static prompt prefix (system prompt, tools, leading turns): used for
     # replica affinity and for provider-side prompt caching hints.
     prefix_key: str | None = None
-    # Extra upstream headers for this call only (e.g. the endpoint chosen by the balancer).
+    # The replica to send to, for a target with several endpoints (chosen by its balancer).
     endpoint: str | None = None
 
     @property
@@ -198,6 +198,16 @@ def error_from_status(
     if 400 <= status < 500:
         return BadRequest(message, target=target, upstream_status=status)
     return Unavailable(message, target=target, upstream_status=status)
+
+
+def sdk_kwargs(params: dict[str, Any], known: frozenset[str]) -> dict[str, Any]:
+    """Keyword arguments for an official SDK's `create`: the parameters it declares, and the rest
+    in `extra_body`, exactly as a direct SDK user would send them (instead of a TypeError)."""
+    kwargs = {k: v for k, v in params.items() if k in known}
+    extra = {k: v for k, v in params.items() if k not in known}
+    if extra:
+        kwargs["extra_body"] = extra
+    return kwargs
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -24,20 +24,12 @@ import openai
 from openai.resources.chat.completions import AsyncCompletions
 
 from policies.schema import TargetSpec
-from providers.base import Completion, Health, ProviderError, ProviderRequest, Timeout, Unavailable
+from providers.base import Completion, Health, ProviderError, ProviderRequest, Timeout, Unavailable, sdk_kwargs
 from providers.openai_wire import sse_data, status_error, usage_of
 
 _SDK_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
     "self", "extra_headers", "extra_query", "extra_body", "timeout",
 }
-
-
-def _split(body: dict[str, Any]) -> dict[str, Any]:
-    known = {k: v for k, v in body.items() if k in _SDK_PARAMS}
-    extra = {k: v for k, v in body.items() if k not in _SDK_PARAMS}
-    if extra:
-        known["extra_body"] = extra
-    return known
 
 
 def _map_error(exc: Exception, target: str) -> ProviderError:
@@ -72,7 +64,7 @@ class OpenAIProvider:
         self.has_key = bool(api_key)
 
     def _kwargs(self, request: ProviderRequest) -> dict[str, Any]:
-        kwargs = _split(self._hinted(request).body)
+        kwargs = sdk_kwargs(self._hinted(request).body, _SDK_PARAMS)
         t = request.timeouts
         kwargs["timeout"] = httpx2.Timeout(t.total, connect=t.connect)
         return kwargs
