@@ -92,8 +92,11 @@ class LLMEngine:
             raise EngineRequestError("max_tokens must be at least 1", param="max_tokens")
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
+        """A completion prompt as the model was trained to see it: with the tokenizer's special
+        tokens (BOS for Llama-family tokenizers), as transformers and vLLM do. Chat prompts come
+        from the chat template, which already holds them, and are passed here as token ids."""
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=False)
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
         return list(prompt)
 
     def add_request(self, prompt: str | list[int], params: SamplingParams | None = None, *,

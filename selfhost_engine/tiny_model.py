@@ -1,7 +1,9 @@
-"""Build small random-weight Llama-style models with a locally trained byte-level BPE tokenizer.
+"""Build small random-weight Llama- or Qwen2-style models with a locally trained byte-level BPE tokenizer.
 
 No download is needed: the tokenizer is trained with the `tokenizers` library on built-in text,
-the model is a `LlamaForCausalLM` with random weights, both saved with `save_pretrained`.
+the model is a `LlamaForCausalLM` (or `Qwen2ForCausalLM`) with random weights, both saved with
+`save_pretrained`. `add_bos=True` makes the tokenizer prepend BOS the way Llama-family tokenizers
+do (`TemplateProcessing(single="<bos> $A")`), so prompt-handling bugs that drop it show up in tests.
 """
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ Mercury, Venus, Earth, Mars, Jupiter, Saturn, Uranus, Neptune. Monday Tuesday We
 Thank you! You're welcome. Sure, here is an example. I'm sorry, I cannot help with that request.
 """
 
+_ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
+
 DEFAULT_SIZE = dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=1024)
 
 
@@ -62,7 +66,7 @@ def _corpus() -> list[str]:
     return lines * 4 + extra
 
 
-def build_tokenizer(vocab_size: int = 1024):
+def build_tokenizer(vocab_size: int = 1024, add_bos: bool = False):
     """Train a byte-level BPE tokenizer on the built-in text; return a PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
@@ -78,6 +82,10 @@ def build_tokenizer(vocab_size: int = 1024):
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
+    if add_bos:
+        bos = processors.TemplateProcessing(single=f"{BOS_TOKEN} $A", pair=f"{BOS_TOKEN} $A $B",
+                                            special_tokens=[(BOS_TOKEN, tok.token_to_id(BOS_TOKEN))])
+        tok.post_processor = processors.Sequence([processors.ByteLevel(trim_offsets=False), bos])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS_TOKEN,
@@ -101,18 +109,22 @@ def make_tiny_model(
     max_position_embeddings: int = 4096,
     seed: int = 0,
     initializer_range: float = 0.2,
+    arch: str = "llama",
+    add_bos: bool = False,
 ) -> Path:
-    """Build and save a random-weight Llama model + tokenizer into out_dir. Returns the path."""
+    """Build and save a random-weight model (arch "llama" or "qwen2") + tokenizer into out_dir."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    import transformers
+    from transformers import AutoTokenizer
 
+    config_cls, model_cls = (getattr(transformers, n) for n in _ARCHS[arch])
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(vocab)
+    tok = build_tokenizer(vocab, add_bos=add_bos)
     tok.save_pretrained(out)
     # Write a minimal config first so AutoTokenizer resolves the class the same way users will,
     # then size the vocabulary from the tokenizer loaded from the final directory.
-    cfg = LlamaConfig(
+    cfg = config_cls(
         vocab_size=len(tok),
         hidden_size=hidden,
         intermediate_size=intermediate,
@@ -131,14 +143,15 @@ def make_tiny_model(
     cfg.eos_token_id = loaded.eos_token_id
     cfg.pad_token_id = loaded.pad_token_id
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(cfg)
+    model = model_cls(cfg)
     model.generation_config.bos_token_id = cfg.bos_token_id
     model.generation_config.eos_token_id = cfg.eos_token_id
     model.generation_config.pad_token_id = cfg.pad_token_id
     model.save_pretrained(out)
     (out / "TINY_MODEL.json").write_text(
         json.dumps(dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads,
-                        intermediate=intermediate, vocab=cfg.vocab_size, seed=seed))
+                        intermediate=intermediate, vocab=cfg.vocab_size, seed=seed, arch=arch,
+                        add_bos=add_bos))
     )
     return out
 
