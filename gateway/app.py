@@ -16,6 +16,8 @@ from gateway.api.chat import chat_completions
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.meta import healthz, list_models, metrics, readyz
 from gateway.api.admin import breakers_view, reload_policy
+from gateway.api.autoscale import autoscale_view
+from gateway.autoscale import AutoscaleSampler
 from gateway.api.usage import my_usage, tenant_usage
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
@@ -148,6 +150,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             budgets=budgets, cache=cache, semantic=semantic, telemetry=telemetry, breakers=gate,
         )
         _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
+        # Replica-count advice per self-hosted target with an `autoscale` block (off the request path).
+        app.state.autoscaler = AutoscaleSampler(
+            lambda: app.state.gateway.runtime.providers, clients.session,
+            lambda advice: telemetry.autoscale(advice.target, advice.desired, advice.replicas, advice.signal))
+        _spawn(app, app.state.autoscaler.run())
         _start_providers(app.state.gateway.runtime)
 
         async def apply(new_policy: Policy) -> None:
@@ -227,7 +234,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
     app = Litestar(
         route_handlers=[chat_completions, list_models, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy,
-                        breakers_view],
+                        breakers_view, autoscale_view],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,

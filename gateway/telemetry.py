@@ -27,6 +27,9 @@ What Prometheus sees (dots become underscores, the unit is appended, counters ge
     gateway_failovers_total                                   from_target, to_target ("none": nothing left)
     gateway_breaker_state                                     target (0 closed, 1 half_open, 2 open)
     gateway_budget_remaining                                  tenant, window
+    gateway_selfhost_desired_replicas                         target (the autoscaling advisor's advice)
+    gateway_selfhost_replicas                                 target (replicas that reported load)
+    gateway_selfhost_limiting_signal                          target, signal (1: the signal limiting the advice)
     gateway_rejections_total                                  reason, tenant, model
     gateway_policy_reloads_total                              result (ok|error)
     target_info                                               service_name, ... (resource)
@@ -110,6 +113,11 @@ _COUNTERS = (
 _GAUGES = (
     ("gateway.breaker.state", "", "Breaker state per target: 0 closed, 1 half-open, 2 open."),
     ("gateway.budget.remaining", "", "Budget left in the current window, in the window's unit."),
+    ("gateway.selfhost.desired_replicas", "", "Replicas the autoscaling advisor recommends for a self-hosted target."),
+    ("gateway.selfhost.replicas", "", "Replicas of a self-hosted target that reported load in the last sample."),
+    ("gateway.selfhost.limiting_signal", "",
+     "1 for the signal that limits the advice (waiting_requests, queued_prefill_tokens, active_decode_tokens, "
+     "kv_usage, min_replicas, max_replicas, idle, no_data), 0 for the others."),
 )
 
 
@@ -313,6 +321,10 @@ class Telemetry:
         self._reloads = cells["gateway.policy.reloads"]
         self._breaker = cells["gateway.breaker.state"]
         self._budget = cells["gateway.budget.remaining"]
+        self._desired_replicas = cells["gateway.selfhost.desired_replicas"]
+        self._replicas = cells["gateway.selfhost.replicas"]
+        self._limiting = cells["gateway.selfhost.limiting_signal"]
+        self._limiting_sets: dict[str, dict[str, list]] = {}  # target -> signal -> cell
 
         # label tuple -> prebuilt attribute dicts and counter cells
         self._request_sets: dict[tuple, tuple] = {}
@@ -514,6 +526,19 @@ class Telemetry:
                     self._budget, {"tenant": _label(tenant, "unknown"), "window": _label(window, "unknown")})
         cell[0] = remaining
 
+    def autoscale(self, target: str, desired: int, replicas: int, signal: str) -> None:
+        """The advisor's latest advice for one self-hosted target (gateway/autoscale.py). The
+        limiting signal is a state set: the current one reads 1, every one seen before reads 0."""
+        t = _label(target)
+        with self._lock:
+            _cell(self._desired_replicas, {"target": t})[0] = desired
+            _cell(self._replicas, {"target": t})[0] = replicas
+            cells = self._limiting_sets.setdefault(t, {})
+            if signal not in cells:
+                cells[signal] = _cell(self._limiting, {"target": t, "signal": _label(signal, "unknown")})
+            for name, cell in cells.items():
+                cell[0] = 1 if name == signal else 0
+
     def cache_event(self, tenant: str, model: str, outcome: str, tokens_saved: int = 0, usd_saved: float = 0.0) -> None:
         key = (tenant, model, outcome)
         sets = self._cache_sets.get(key)
@@ -544,3 +569,33 @@ class Telemetry:
             self.tracer_provider.shutdown()
         finally:
             self.meter_provider.shutdown()
+
+
+class NullTelemetry:
+    """Telemetry switched off: the same calls, doing nothing (no `if telemetry is not None` guards)."""
+
+    tracing = False
+
+    def request_span(self, name: str, attributes: dict, headers: Mapping[str, str] | None = None) -> Span:
+        return INVALID_SPAN
+
+    def end_request_span(self, span: Span, record: RequestRecord | None, error: str | None = None) -> None:
+        pass
+
+    def stage(self, parent: Span, name: str, attributes: dict | None = None) -> _NoopStage:
+        return _NOOP_STAGE
+
+    def request_done(self, record: RequestRecord) -> None:
+        pass
+
+    def rejected(self, reason: str, tenant: str | None, model: str | None) -> None:
+        pass
+
+    def attempt(self, target: str, provider: str, error_type: str | None, seconds: float) -> None:
+        pass
+
+    def failover(self, from_target: str, to_target: str | None) -> None:
+        pass
+
+    def cache_event(self, tenant: str, model: str, outcome: str, tokens_saved: int = 0, usd_saved: float = 0.0) -> None:
+        pass

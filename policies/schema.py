@@ -51,6 +51,35 @@ class EmbeddedEngine(_Spec):
     num_blocks: PosInt | None = None
 
 
+class AutoscaleSpec(_Spec):
+    """Replica-count advice for a self-hosted target (`gateway/autoscale.py`), exported as
+    `gateway_selfhost_desired_replicas{target}` for KEDA or any autoscaler to act on.
+
+    The per-replica capacity targets say how much of each load signal one replica should carry;
+    the fleet needs ceil(Σ signal / target) replicas for the tightest signal, plus `warm_pool`
+    idle replicas, within [min_replicas, max_replicas]. Unset a target to ignore that signal.
+    Queue and token signals, not CPU: an LLM replica is saturated long before its CPU says so.
+    """
+
+    min_replicas: PosInt = 1
+    max_replicas: PosInt = 8
+    warm_pool: Annotated[int, Meta(ge=0)] = 0  # idle replicas kept on top of what the load needs
+    waiting_requests: PosFloat | None = 4.0  # requests queued in the engine, per replica
+    queued_prefill_tokens: PosFloat | None = 8192.0  # prompt tokens waiting for prefill, per replica
+    active_decode_tokens: PosFloat | None = None  # context tokens of running sequences, per replica
+    kv_usage: Annotated[float, Meta(gt=0, le=1)] | None = 0.85  # KV-cache fraction in use, per replica
+    scale_up_seconds: Annotated[float, Meta(ge=0, le=3600)] = 60.0  # the need must hold this long
+    scale_down_seconds: Annotated[float, Meta(ge=0, le=7200)] = 300.0  # the lower need must hold this long
+    sample_seconds: Annotated[float, Meta(ge=0.1, le=300)] = 5.0  # how often the load is sampled
+
+    def __post_init__(self) -> None:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas ({self.min_replicas}) is above max_replicas ({self.max_replicas})")
+        if all(v is None for v in (self.waiting_requests, self.queued_prefill_tokens, self.active_decode_tokens,
+                                   self.kv_usage)):
+            raise ValueError("set at least one per-replica capacity target")
+
+
 class TargetSpec(_Spec):
     """One upstream: a provider kind, an upstream model, where it lives and what it costs."""
 
@@ -73,6 +102,7 @@ class TargetSpec(_Spec):
     context_window: PosInt | None = None
     max_output_tokens: PosInt | None = None
     embedded: EmbeddedEngine | None = None
+    autoscale: AutoscaleSpec | None = None  # selfhost targets served over HTTP only
 
     def effective_pricing(self) -> Pricing:
         """Self-hosted targets are priced from GPU time so cost comparisons stay honest."""
@@ -253,6 +283,10 @@ class Policy(_Spec):
     def reference_errors(self) -> list[tuple[str, str]]:
         """Cross-references msgspec cannot check: (JSON path, message) for each dangling name."""
         errors: list[tuple[str, str]] = []
+        for target_name, target in self.targets.items():
+            if target.autoscale is not None and (target.provider != "selfhost" or target.embedded is not None):
+                errors.append((f"$.targets.{target_name}.autoscale",
+                               "autoscale advice is for selfhost targets served over HTTP (not embedded)"))
         for model_name, model in self.models.items():
             for i, target in enumerate(model.targets):
                 if target not in self.targets:

@@ -257,6 +257,7 @@ E2E_POLICY = """
         gpu_hourly_usd: 2.0
         tokens_per_second: 500
         timeouts: {{connect: 2, first_token: 20, total: 30}}
+        autoscale: {{min_replicas: 1, max_replicas: 4, sample_seconds: 1}}
     models:
       gpt-test:
         targets: [managed, local]
@@ -454,4 +455,10 @@ def _spot_checks(prom: PrometheusProcess) -> None:
         must_have_data("rate check", expr)
     errors = prom.query('sum(gateway_requests_total{status=~"5.."})')
     assert errors and float(errors[0]["value"][1]) >= 1
+    # The autoscaling advisor's advice for the self-hosted target, as KEDA's Prometheus trigger reads it.
+    desired = prom.query('max(gateway_selfhost_desired_replicas{target="local"})')
+    assert desired and 1 <= float(desired[0]["value"][1]) <= 4, desired
+    limiting = prom.query('gateway_selfhost_limiting_signal{target="local"} == 1')
+    assert len(limiting) == 1 and limiting[0]["metric"]["signal"] != "no_data", limiting
+    assert prom.query('gateway_selfhost_replicas{target="local"} == 1'), "the engine's /load was not sampled"
     assert not empty, "no data:\n  " + "\n  ".join(empty)
