@@ -14,7 +14,8 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 
 from .config import EngineConfig
-from .engine import LLMEngine, RequestOutput
+from .engine import LLMEngine
+from .outputs import RequestOutput
 from .sequence import Priority, SamplingParams, Sequence
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ class AsyncEngine:
                     finished = True
                     raise EngineDeadError(str(item)) from item
                 yield item
-                if item.finished:
+                if item.request_finished:   # every one of the n choices is done
                     finished = True
                     return
         finally:
@@ -187,7 +188,7 @@ class AsyncEngine:
                         log.exception("finish observer failed")
             st = self._streams.get(o.request_id)
             if st is None:
-                if not o.finished:  # nobody listens any more
+                if not o.request_finished:  # nobody listens any more
                     self.engine.abort(o.request_id)
                 continue
             by_loop.setdefault(st[0], []).append((st[1], o))

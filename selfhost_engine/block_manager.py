@@ -4,7 +4,9 @@ A block's hash chains its parent's hash with its token ids, so equal hashes mean
 (checked again on the tokens at hit time). Only full, computed blocks are hashed. Freed blocks keep
 their hash and stay findable until they are reused; the free list is LRU-ordered so the blocks
 freed longest ago are reused first. A per-tenant salt in the first block's parent hash keeps
-tenants from ever sharing KV.
+tenants from ever sharing KV. Forked sequences (n > 1) share every block of the prompt; the
+first write into a shared, partly filled block copies it first (copy-on-write; the copies are
+handed to the model runner with `take_copies`).
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class BlockManager:
         self.hash_to_block: dict[int, int] = {}
         self.prefix_queries = 0   # prompt tokens looked up (vLLM counts tokens)
         self.prefix_hits = 0      # of which served from cache
+        self.copies: list[tuple[int, int]] = []   # (src, dst) block copies the runner must do first
 
     # ---- accounting -------------------------------------------------------------------------
     @property
@@ -93,16 +96,49 @@ class BlockManager:
         self.allocate_slots(seq, num_new_tokens)
 
     # ---- allocation ---------------------------------------------------------------------------
+    def _shared_tail(self, seq: Sequence) -> bool:
+        """Will the next write land in a partly filled block another sequence also holds?"""
+        c = seq.num_computed_tokens
+        return c % self.block_size != 0 and self.blocks[seq.block_table[c // self.block_size]].ref_count > 1
+
     def can_allocate(self, seq: Sequence, num_new_tokens: int) -> bool:
         need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
-        return need <= len(self.free)
+        return need + self._shared_tail(seq) <= len(self.free)
 
     def allocate_slots(self, seq: Sequence, num_new_tokens: int) -> None:
         need = self.blocks_needed(seq.num_computed_tokens + num_new_tokens) - len(seq.block_table)
-        if need > len(self.free):
+        if need + self._shared_tail(seq) > len(self.free):
             raise RuntimeError("out of KV blocks (caller must check can_allocate)")
+        if self._shared_tail(seq):   # copy-on-write
+            i = seq.num_computed_tokens // self.block_size
+            src, dst = seq.block_table[i], self._pop_free()
+            self.blocks[src].ref_count -= 1
+            seq.block_table[i] = dst
+            self.copies.append((src, dst))
         for _ in range(need):
             seq.block_table.append(self._pop_free())
+
+    def take_copies(self) -> list[tuple[int, int]]:
+        out, self.copies = self.copies, []
+        return out
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """child shares every block of parent (same computed tokens): ref counts go up."""
+        for bid in parent.block_table:
+            self.blocks[bid].ref_count += 1
+        child.block_table = list(parent.block_table)
+        child.block_hashes = list(parent.block_hashes)
+        child.num_computed_tokens = parent.num_computed_tokens
+
+    def trim(self, seq: Sequence) -> None:
+        """Give back blocks past the sequence's tokens (drafted tokens that were rejected)."""
+        keep = self.blocks_needed(seq.num_tokens)
+        while len(seq.block_table) > keep:
+            b = self.blocks[seq.block_table.pop()]
+            b.ref_count -= 1
+            if b.ref_count == 0:
+                self.free[b.block_id] = None
+                self.free.move_to_end(b.block_id, last=False)   # empty: reuse it first
 
     def _pop_free(self) -> int:
         bid, _ = self.free.popitem(last=False)  # least recently freed first

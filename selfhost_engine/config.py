@@ -21,9 +21,14 @@ class EngineConfig:
     cuda_graph_max_bs: int = 64
     num_threads: int | None = None           # CPU: torch threads (None → leave torch's default)
     seed: int = 0                            # engine RNG for unseeded sampling
+    speculative_ngram: int = 0               # draft up to K tokens by n-gram lookup (0 = off)
+    ngram_min: int = 2                       # shortest suffix looked up (1 drafts on chance matches)
+    ngram_max: int = 4                       # longest suffix looked up (tried first)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:
             raise ValueError("block_size must be positive")
         if self.max_num_seqs <= 0 or self.max_num_batched_tokens <= 0:
             raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        if self.speculative_ngram < 0 or not 1 <= self.ngram_min <= self.ngram_max:
+            raise ValueError("speculative_ngram must be >= 0 and 1 <= ngram_min <= ngram_max")

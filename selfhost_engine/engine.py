@@ -6,26 +6,16 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from . import logprobs as lp
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .errors import EngineRequestError, PromptTooLongError
 from .model_runner import ModelRunner
+from .outputs import OutputProcessor, RequestOutput
 from .sampler import Sampler
 from .scheduler import Scheduler
 from .sequence import Priority, SamplingParams, Sequence, SeqStatus
-
-
-@dataclass
-class RequestOutput:
-    request_id: str
-    new_token_ids: list[int]
-    delta_text: str
-    finished: bool
-    finish_reason: str | None
-    num_prompt_tokens: int
-    num_cached_tokens: int
-    num_output_tokens: int
-    seq: Sequence | None = None
+from .speculative import make_proposer
 
 
 @dataclass
@@ -41,6 +31,9 @@ class EngineStats:
     kv_allocated_slot_steps: int = 0  # Σ over steps of slots in their allocated blocks
     chunked_prefill_steps: int = 0    # prefill chunks that did not reach the end of the prompt
     num_aborted: int = 0              # requests aborted before they finished
+    spec_drafts: int = 0              # verification steps of sequences that carried drafts
+    spec_draft_tokens: int = 0        # drafted tokens verified
+    spec_accepted_tokens: int = 0     # of which kept
     recent: list = field(default_factory=list)  # (time, prefill_tokens, decode_tokens) per step
 
     @property
@@ -48,6 +41,9 @@ class EngineStats:
         if not self.kv_allocated_slot_steps:
             return 0.0
         return 1.0 - self.kv_stored_token_steps / self.kv_allocated_slot_steps
+
+
+MAX_LOGPROBS = 20
 
 
 class LLMEngine:
@@ -59,16 +55,26 @@ class LLMEngine:
         self.tokenizer = tokenizer
         self.runner = ModelRunner(config, model)
         self.block_manager = BlockManager(config.num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(config, self.block_manager)
+        proposer = make_proposer(config.speculative_ngram, config.ngram_min, config.ngram_max)
+        self.scheduler = Scheduler(config, self.block_manager, proposer)
         self.sampler = Sampler(config.seed)
-        self.seqs: dict[str, Sequence] = {}
+        self.seqs: dict[str, Sequence] = {}   # request id -> its first sequence (children hang off it)
         self.stats = EngineStats()
         self._counter = itertools.count()
         gen_cfg = getattr(self.runner.model, "generation_config", None)
         eos = getattr(gen_cfg, "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
-        self.eos_token_ids: set[int] = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
+        eos_ids = set(eos if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else []))
+        self.output = OutputProcessor(tokenizer, eos_ids, config.max_model_len)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        return self.output.eos_token_ids
+
+    @eos_token_ids.setter
+    def eos_token_ids(self, ids: set[int]) -> None:
+        self.output.eos_token_ids = ids
 
     @classmethod
     def from_pretrained(cls, model_dir: str, **overrides) -> "LLMEngine":
@@ -90,6 +96,10 @@ class LLMEngine:
             raise EngineRequestError("top_k must be >= 0", param="top_k")
         if params.max_tokens < 1:
             raise EngineRequestError("max_tokens must be at least 1", param="max_tokens")
+        if not 1 <= params.n <= self.config.max_num_seqs:
+            raise EngineRequestError(f"n must be between 1 and {self.config.max_num_seqs}", param="n")
+        if params.logprobs is not None and not 0 <= params.logprobs <= MAX_LOGPROBS:
+            raise EngineRequestError(f"logprobs must be between 0 and {MAX_LOGPROBS}", param="logprobs")
 
     def tokenize(self, prompt: str | list[int]) -> list[int]:
         """A completion prompt as the model was trained to see it: with the tokenizer's special
@@ -111,7 +121,7 @@ class LLMEngine:
         if rid in self.seqs:
             raise EngineRequestError(f"duplicate request id {rid}", param="request_id")
         seq = Sequence(rid, ids, params, priority=priority, tenant=tenant,
-                       arrival_index=next(self._counter))
+                       arrival_index=next(self._counter), num_forks_pending=params.n - 1)
         if arrival_time is not None:
             seq.arrival_time = arrival_time
         self.seqs[rid] = seq
@@ -123,10 +133,12 @@ class LLMEngine:
         seq = self.seqs.pop(request_id, None)
         if seq is None:
             return False
-        if seq.status is not SeqStatus.FINISHED:
-            seq.finish_reason = "abort"
-            self.scheduler.finish(seq)
+        if not all(s.is_finished for s in (seq, *seq.children)):
             self.stats.num_aborted += 1
+        for s in (seq, *seq.children):
+            if not s.is_finished:
+                s.finish_reason = "abort"
+                self.scheduler.finish(s)
         return True
 
     def has_unfinished(self) -> bool:
@@ -142,31 +154,53 @@ class LLMEngine:
         for seq, _ in sched.scheduled:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
-        logits, owners = self.runner.run(sched.scheduled, sched.num_decodes)
-        # advance computed tokens and publish full blocks to the prefix cache
+        logits, owners = self.runner.run(sched.scheduled, sched.num_decodes, self.block_manager.take_copies())
+        # advance computed tokens (drafts: after verification) and publish full blocks to the prefix cache
         st = self.stats
-        n_pref = 0
+        n_pref = n_dec = 0
         for i, (seq, n) in enumerate(sched.scheduled):
+            if seq.spec_token_ids:     # a decode verifying drafts: advanced after verification
+                n_dec += n
+                continue
+            if i < sched.num_decodes:
+                n_dec += n
+            else:
+                n_pref += n
+                st.chunked_prefill_steps += seq.num_computed_tokens + n < seq.num_tokens
             seq.num_computed_tokens += n
             self.block_manager.commit_computed(seq)
-            if i >= sched.num_decodes:
-                n_pref += n
-                if seq.num_computed_tokens < seq.num_tokens:
-                    st.chunked_prefill_steps += 1
-        sample_seqs = [sched.scheduled[i][0] for i in owners]
-        tokens = self.sampler(logits, sample_seqs)
+        # one logits row per sampling sequence, plus one per drafted token; forks share their parent's row
+        seqs, rows, r = [], [], 0
+        for i in owners:
+            seq = sched.scheduled[i][0]
+            for s in (seq, *self._fork(seq)):
+                seqs.append(s)
+                rows.extend(range(r, r + 1 + len(s.spec_token_ids)))
+            r += 1 + len(seq.spec_token_ids)
+        logits = logits[rows] if len(rows) != r else logits
+        drafts = [s.spec_token_ids for s in seqs]
+        tokens = self.sampler.verify(logits, seqs, drafts)
+        logprobs = self._logprobs(logits, seqs, tokens)
         outputs: list[RequestOutput] = []
         now = time.monotonic()
-        for seq, tok in zip(sample_seqs, tokens):
-            seq.token_ids.append(tok)
+        for seq, toks, d, lps in zip(seqs, tokens, drafts, logprobs):
+            if d:   # the last real token and the kept drafts now have valid KV; the rest is rolled back
+                st.spec_drafts += 1
+                st.spec_draft_tokens += len(d)
+                st.spec_accepted_tokens += len(toks) - 1
+                seq.num_computed_tokens += len(toks)
+                seq.spec_token_ids = []
             if seq.first_token_time is None:
                 seq.first_token_time = now
             seq.last_token_time = now
-            outputs.append(self._postprocess(seq, tok))
+            out = self.output.apply(seq, toks, lps)
+            if d and not out.finished:
+                self.block_manager.commit_computed(seq)
+                self.block_manager.trim(seq)
+            st.generation_tokens += len(out.new_token_ids)
+            outputs.append(self._finish(out) if out.finished else out)
         dt = time.perf_counter() - t0
         st.num_steps += 1
-        st.generation_tokens += len(tokens)
-        n_dec = sched.num_decodes
         st.prefill_tokens_computed += n_pref
         st.decode_tokens_computed += n_dec
         if n_pref:
@@ -182,61 +216,57 @@ class LLMEngine:
             st.kv_allocated_slot_steps += len(seq.block_table) * bs
         return outputs
 
-    def _postprocess(self, seq: Sequence, tok: int) -> RequestOutput:
-        p = seq.params
-        reason = None
-        hide_token = False
-        if not p.ignore_eos and tok in self.eos_token_ids:
-            reason, hide_token = "stop", True
-        elif tok in p.stop_token_ids:
-            reason, hide_token = "stop", True
-        elif seq.num_output_tokens >= p.max_tokens or seq.num_tokens >= self.config.max_model_len:
-            reason = "length"
-        if p.detokenize and not hide_token:
-            self._detokenize(seq)
-            if p.stop:
-                start = max(0, seq.emitted_text_len - max(len(s) for s in p.stop))
-                hit = [(seq.output_text.find(s, start), s) for s in p.stop]
-                hit = [(i, s) for i, s in hit if i >= 0]
-                if hit:
-                    i, _ = min(hit)
-                    seq.output_text = seq.output_text[:i]
-                    reason = "stop"
-        if reason is not None:
-            seq.finish_reason = reason
-            seq.finished_time = time.monotonic()
-            self.scheduler.finish(seq)
-            self.seqs.pop(seq.request_id, None)
-        # emit text, holding back a possible partial stop string until the request ends
-        upto = len(seq.output_text)
-        if reason is None and p.stop:
-            upto = max(seq.emitted_text_len, upto - (max(len(s) for s in p.stop) - 1))
-        delta = seq.output_text[seq.emitted_text_len:upto]
-        seq.emitted_text_len = upto
-        return RequestOutput(seq.request_id, [tok], delta, reason is not None, reason,
-                             seq.num_prompt_tokens, seq.num_cached_tokens, seq.num_output_tokens, seq)
+    def _fork(self, seq: Sequence) -> list[Sequence]:
+        """n > 1: once the prompt is computed, the other n - 1 choices share its blocks."""
+        if not seq.num_forks_pending:
+            return []
+        kids = [Sequence(f"{seq.request_id}#{i}", seq.prompt_token_ids, seq.params, priority=seq.priority,
+                         tenant=seq.tenant, arrival_time=seq.arrival_time, arrival_index=seq.arrival_index,
+                         index=i, group_id=seq.group_id, num_cached_tokens=seq.num_cached_tokens,
+                         first_scheduled_time=seq.first_scheduled_time)
+                for i in range(len(seq.children) + 1, seq.num_forks_pending + 1)]
+        seq.num_forks_pending = 0
+        for k in kids:
+            self.block_manager.fork(seq, k)
+        seq.children.extend(kids)
+        self.scheduler.adopt(kids)
+        return kids
 
-    def _detokenize(self, seq: Sequence) -> None:
-        out = seq.output_token_ids
-        dec = self.tokenizer.decode
-        prefix = dec(out[seq.prefix_offset:seq.read_offset], skip_special_tokens=True)
-        full = dec(out[seq.prefix_offset:], skip_special_tokens=True)
-        if len(full) > len(prefix) and not full.endswith("\ufffd"):
-            seq.output_text += full[len(prefix):]
-            seq.prefix_offset = seq.read_offset
-            seq.read_offset = len(out)
+    def _logprobs(self, logits, seqs: list[Sequence], tokens: list[list[int]]) -> list[list[lp.TokenLogprob]]:
+        rows, toks, tops, r = [], [], [], 0
+        for seq, ts in zip(seqs, tokens):
+            k = seq.params.logprobs
+            if k is not None:
+                rows.extend(range(r, r + len(ts)))
+                toks.extend(ts)
+                tops.extend([k] * len(ts))
+            r += 1 + len(seq.spec_token_ids)
+        flat = iter(lp.compute(logits, rows, toks, tops))
+        return [[next(flat) for _ in ts] if seq.params.logprobs is not None else []
+                for seq, ts in zip(seqs, tokens)]
+
+    def _finish(self, out: RequestOutput) -> RequestOutput:
+        seq = out.seq
+        self.scheduler.finish(seq)
+        head = self.seqs.get(seq.group_id)
+        group = (head, *head.children) if head is not None else (seq,)
+        out.request_finished = not (head and head.num_forks_pending) and all(s.is_finished for s in group)
+        if out.request_finished:
+            self.seqs.pop(seq.group_id, None)
+        return out
 
     # ---- convenience ----------------------------------------------------------------------------
     def generate(self, prompts: list[str | list[int]], params: SamplingParams | list[SamplingParams] | None = None
                  ) -> list[dict]:
-        """Run prompts to completion; returns dicts with token_ids, text, finish_reason (input order)."""
+        """Run prompts to completion; returns dicts with token_ids, text, finish_reason (input order;
+        with n > 1, the first choice's)."""
         if not isinstance(params, list):
             params = [params or SamplingParams()] * len(prompts)
         rids = [self.add_request(p, sp) for p, sp in zip(prompts, params)]
         results: dict[str, dict] = {}
         while self.has_unfinished():
             for o in self.step():
-                if o.finished:
+                if o.finished and o.index == 0:
                     s = o.seq
                     results[o.request_id] = dict(token_ids=s.output_token_ids, text=s.output_text,
                                                  finish_reason=s.finish_reason,

@@ -53,3 +53,13 @@ class KVCache:
         """key/value: [T, kv_heads, head_dim]; slot_mapping: [T] (long)."""
         self.k_flat[layer].index_copy_(0, slot_mapping, key)
         self.v_flat[layer].index_copy_(0, slot_mapping, value)
+
+    def copy_blocks(self, copies: list[tuple[int, int]]) -> None:
+        """Copy whole blocks src -> dst in every layer (copy-on-write of forked sequences)."""
+        if not copies:
+            return
+        dev = self.k[0].device
+        src = torch.tensor([s for s, _ in copies], dtype=torch.long, device=dev)
+        dst = torch.tensor([d for _, d in copies], dtype=torch.long, device=dev)
+        for rows in (*self.k_rows, *self.v_rows):
+            rows.index_copy_(0, dst, rows.index_select(0, src))

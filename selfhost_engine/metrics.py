@@ -56,6 +56,12 @@ class _EngineCollector:
         yield counter("vllm:num_preemptions", "Preemptions (recompute).", eng.scheduler.num_preemptions)
         yield counter("vllm:prompt_tokens", "Prompt tokens received.", eng.stats.prompt_tokens)
         yield counter("vllm:generation_tokens", "Tokens generated.", eng.stats.generation_tokens)
+        st = eng.stats
+        yield counter("vllm:spec_decode_num_drafts", "Verification steps that carried drafted tokens.", st.spec_drafts)
+        yield counter("vllm:spec_decode_num_draft_tokens", "Drafted tokens verified.", st.spec_draft_tokens)
+        yield counter("vllm:spec_decode_num_accepted_tokens", "Drafted tokens accepted.", st.spec_accepted_tokens)
+        yield gauge("vllm:spec_decode_draft_acceptance_rate", "Accepted / drafted tokens since start.",
+                    st.spec_accepted_tokens / st.spec_draft_tokens if st.spec_draft_tokens else 0.0)
 
 
 class EngineMetrics:

@@ -127,7 +127,8 @@ class ModelRunner:
         for i, (seq, n) in enumerate(scheduled):
             c = seq.num_computed_tokens
             bt = seq.block_table
-            ids.extend(seq.token_ids[c:c + n])
+            toks = seq.token_ids + seq.spec_token_ids if seq.spec_token_ids else seq.token_ids
+            ids.extend(toks[c:c + n])
             if n == 1:
                 pos.append(c)
                 slots.append(bt[c // bs] * bs + c % bs)
@@ -142,8 +143,8 @@ class ModelRunner:
                     chunk.mask = (torch.arange(nb * bs)[None, :] <= (c + torch.arange(n))[:, None]).to(dev)
                 prefills.append(chunk)
             off += n
-            if c + n == seq.num_tokens:
-                keep.append(off - 1)
+            if c + n == len(toks):   # samples: one row, plus one per drafted token being verified
+                keep.extend(range(off - 1 - len(seq.spec_token_ids), off))
         ctx = AttentionContext(self.kv, torch.tensor(slots, dtype=torch.long, device=dev),
                                num_decodes=num_decodes, prefills=prefills)
         if num_decodes:
@@ -160,9 +161,13 @@ class ModelRunner:
 
     # ---- execution ------------------------------------------------------------------------------
     @torch.inference_mode()
-    def run(self, scheduled: list[tuple[Sequence, int]], num_decodes: int) -> tuple[torch.Tensor, list[int]]:
-        """Returns (logits [K, V] float32, row_owner) where row_owner[k] indexes `scheduled`."""
-        owners = [i for i, (s, n) in enumerate(scheduled) if s.num_computed_tokens + n == s.num_tokens]
+    def run(self, scheduled: list[tuple[Sequence, int]], num_decodes: int,
+            copies: list[tuple[int, int]] = ()) -> tuple[torch.Tensor, list[int]]:
+        """Returns (logits [K, V] float32, owners): owners index `scheduled`, in row order; an owner
+        has 1 + len(spec_token_ids) rows. `copies` (copy-on-write blocks) are done first."""
+        self.kv.copy_blocks(list(copies))
+        owners = [i for i, (s, n) in enumerate(scheduled)
+                  if s.num_computed_tokens + n == s.num_tokens + len(s.spec_token_ids)]
         if self.graphs and num_decodes == len(scheduled) and num_decodes <= max(self.graphs):
             return self._run_graph(scheduled), owners  # pragma: no cover - GPU only
         input_ids, positions, ctx, keep = self._prepare(scheduled, num_decodes)

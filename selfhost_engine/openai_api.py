@@ -20,7 +20,9 @@ from contextlib import aclosing
 import msgspec
 
 from .async_engine import AsyncEngine
+from .engine import MAX_LOGPROBS
 from .errors import EngineRequestError, PromptTooLongError
+from .openai_logprobs import chat_logprobs, completion_logprobs
 from .sequence import Priority, SamplingParams
 
 _enc = msgspec.json.Encoder()
@@ -50,9 +52,21 @@ def _priority(body: dict) -> Priority:
     return Priority.INTERACTIVE
 
 
-def _params(engine: AsyncEngine, body: dict, prompt_len: int) -> SamplingParams:
-    if _num(body, "n", 1, int, 1) != 1:
-        raise _err("only n=1 is supported", "n", code="unsupported_value")
+def _logprobs(body: dict, chat: bool) -> int | None:
+    """chat: `logprobs` (bool) + `top_logprobs` (0..20); completions: `logprobs` (0..20)."""
+    if not chat:
+        return _num(body, "logprobs", None, int, 0, MAX_LOGPROBS)
+    on = body.get("logprobs")
+    if on is not None and not isinstance(on, bool):
+        raise _err("'logprobs' must be a boolean", "logprobs")
+    top = _num(body, "top_logprobs", None, int, 0, MAX_LOGPROBS)
+    if top is not None and not on:
+        raise _err("'top_logprobs' requires 'logprobs': true", "top_logprobs")
+    return (top or 0) if on else None
+
+
+def _params(engine: AsyncEngine, body: dict, prompt_len: int, chat: bool) -> SamplingParams:
+    n = _num(body, "n", 1, int, 1, engine.config.max_num_seqs)
     if body.get("best_of") not in (None, 1):
         raise _err("only best_of=1 is supported", "best_of", code="unsupported_value")
     max_len = engine.max_model_len
@@ -87,6 +101,7 @@ def _params(engine: AsyncEngine, body: dict, prompt_len: int) -> SamplingParams:
         top_p=_num(body, "top_p", 1.0, float, 0.0, 1.0) or 1e-9,
         top_k=_num(body, "top_k", 0, int, -1) if body.get("top_k") != -1 else 0,
         seed=seed, max_tokens=mt, stop=stop, stop_token_ids=stop_ids, ignore_eos=ignore_eos,
+        n=n, logprobs=_logprobs(body, chat),
     )
 
 
@@ -134,9 +149,12 @@ def _completion_prompt(engine: AsyncEngine, body: dict) -> list[int]:
     raise _err("'prompt' must be a string or a list of token ids (one prompt only)", "prompt")
 
 
-def _usage(o) -> dict:
-    return {"prompt_tokens": o.num_prompt_tokens, "completion_tokens": o.num_output_tokens,
-            "total_tokens": o.num_prompt_tokens + o.num_output_tokens,
+def _usage(lasts: dict) -> dict:
+    """Usage of a request from the last output of each choice (prompt counted once)."""
+    o = next(iter(lasts.values()))
+    done = sum(x.num_output_tokens for x in lasts.values())
+    return {"prompt_tokens": o.num_prompt_tokens, "completion_tokens": done,
+            "total_tokens": o.num_prompt_tokens + done,
             "prompt_tokens_details": {"cached_tokens": o.num_cached_tokens}}
 
 
@@ -148,40 +166,49 @@ def _prepare(engine: AsyncEngine, body: dict, chat: bool):
         raise _err("'echo' is not supported", "echo", code="unsupported_value")
     if len(ids) >= engine.max_model_len:
         raise PromptTooLongError(len(ids), engine.max_model_len)
-    params = _params(engine, body, len(ids))
+    params = _params(engine, body, len(ids), chat)
     engine.engine.validate(ids, params)
     return ids, params, _priority(body)
 
 
 async def _run(engine: AsyncEngine, body: dict, chat: bool, request_id, tenant):
+    """Run a request to the end; returns (params, text per choice, logprobs per choice, last output per choice)."""
     ids, params, prio = _prepare(engine, body, chat)
-    text, last = [], None
+    text = {i: [] for i in range(params.n)}
+    lps = {i: [] for i in range(params.n)}
+    lasts: dict = {}
     async with aclosing(engine.generate(ids, params, request_id=request_id, priority=prio, tenant=tenant)) as gen:
         async for o in gen:
-            text.append(o.delta_text)
-            last = o
-    return "".join(text), last
+            text[o.index].append(o.delta_text)
+            lps[o.index].extend(o.logprobs)
+            lasts[o.index] = o
+    return params, {i: "".join(t) for i, t in text.items()}, lps, dict(sorted(lasts.items()))
 
 
 async def chat_completion(engine: AsyncEngine, body: dict, *, request_id: str | None = None,
                           tenant: str | None = None) -> dict:
     rid = request_id or uuid.uuid4().hex
-    text, o = await _run(engine, body, True, rid, tenant)
+    params, text, lps, lasts = await _run(engine, body, True, rid, tenant)
+    tok = engine.tokenizer
     return {"id": f"chatcmpl-{rid}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model") or engine.model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                         "logprobs": None, "finish_reason": o.finish_reason}],
-            "usage": _usage(o)}
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text[i]},
+                         "logprobs": chat_logprobs(tok, lps[i]) if params.logprobs is not None else None,
+                         "finish_reason": o.finish_reason} for i, o in lasts.items()],
+            "usage": _usage(lasts)}
 
 
 async def completion(engine: AsyncEngine, body: dict, *, request_id: str | None = None,
                      tenant: str | None = None) -> dict:
     rid = request_id or uuid.uuid4().hex
-    text, o = await _run(engine, body, False, rid, tenant)
+    params, text, lps, lasts = await _run(engine, body, False, rid, tenant)
+    tok = engine.tokenizer
     return {"id": f"cmpl-{rid}", "object": "text_completion", "created": int(time.time()),
             "model": body.get("model") or engine.model_name,
-            "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": o.finish_reason}],
-            "usage": _usage(o)}
+            "choices": [{"index": i, "text": text[i],
+                         "logprobs": completion_logprobs(tok, lps[i]) if params.logprobs is not None else None,
+                         "finish_reason": o.finish_reason} for i, o in lasts.items()],
+            "usage": _usage(lasts)}
 
 
 async def _stream(engine: AsyncEngine, body: dict, chat: bool, request_id, tenant) -> AsyncIterator[bytes]:
@@ -193,28 +220,36 @@ async def _stream(engine: AsyncEngine, body: dict, chat: bool, request_id, tenan
             "created": int(time.time()), "model": body.get("model") or engine.model_name}
     if include_usage:
         base["usage"] = None
+    tok = engine.tokenizer
+    want_lp = params.logprobs is not None
+    offsets = [0] * params.n      # completions' text_offset continues across chunks
 
-    def chunk(content: str | None, finish: str | None, first: bool = False) -> bytes:
-        if chat:
-            delta = {"role": "assistant", "content": ""} if first else ({"content": content} if content else {})
-            choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+    def chunk(o, first_index: int | None = None) -> bytes:
+        if first_index is not None:
+            choice = {"index": first_index, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                      "finish_reason": None}
+        elif chat:
+            choice = {"index": o.index, "delta": {"content": o.delta_text} if o.delta_text else {},
+                      "logprobs": chat_logprobs(tok, o.logprobs) if want_lp else None,
+                      "finish_reason": o.finish_reason}
         else:
-            choice = {"index": 0, "text": content or "", "logprobs": None, "finish_reason": finish}
+            lp = completion_logprobs(tok, o.logprobs, offsets[o.index]) if want_lp else None
+            offsets[o.index] += sum(len(t) for t in lp["tokens"]) if lp else 0
+            choice = {"index": o.index, "text": o.delta_text, "logprobs": lp, "finish_reason": o.finish_reason}
         return _enc.encode({**base, "choices": [choice]})
 
     gen = engine.generate(ids, params, request_id=rid, priority=prio, tenant=tenant)
+    lasts: dict = {}
     async with aclosing(gen):
         if chat:
-            yield chunk(None, None, first=True)
-        last = None
+            for i in range(params.n):
+                yield chunk(None, first_index=i)
         async for o in gen:
-            last = o
-            if o.finished:
-                yield chunk(o.delta_text, o.finish_reason)
-            elif o.delta_text:
-                yield chunk(o.delta_text, None)
-    if include_usage and last is not None:
-        yield _enc.encode({**base, "choices": [], "usage": _usage(last)})
+            lasts[o.index] = o
+            if o.finished or o.delta_text or (want_lp and o.logprobs):
+                yield chunk(o)
+    if include_usage and lasts:
+        yield _enc.encode({**base, "choices": [], "usage": _usage(dict(sorted(lasts.items())))})
 
 
 async def chat_completion_stream(engine: AsyncEngine, body: dict, *, request_id: str | None = None,

@@ -3,7 +3,9 @@
 Each step: every running decode gets one token, then running partial prefills and newly admitted
 requests share what is left of `max_num_batched_tokens` (prefill is cut into chunks). When KV
 blocks run out, the lowest-priority, newest running sequence is preempted by recompute: its blocks
-are freed (their prefix hashes stay findable) and it goes back to the waiting queue.
+are freed (their prefix hashes stay findable) and it goes back to the waiting queue. With
+speculative decoding a decode also carries the tokens the proposer drafted for it (verified in the
+same forward), when the budget and the free blocks allow.
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from .block_manager import BlockManager
 from .config import EngineConfig
 from .sequence import Sequence, SeqStatus
+from .speculative import NgramProposer, NoDrafts
 
 
 @dataclass
@@ -31,9 +34,10 @@ def _order(seq: Sequence) -> tuple[int, int]:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, block_manager: BlockManager):
+    def __init__(self, config: EngineConfig, block_manager: BlockManager, proposer: NoDrafts | NgramProposer):
         self.config = config
         self.bm = block_manager
+        self.proposer = proposer
         self.waiting: list[Sequence] = []   # sorted by (priority, arrival)
         self.running: list[Sequence] = []
         self.num_preemptions = 0
@@ -54,7 +58,20 @@ class Scheduler:
             self.waiting.remove(seq)
         self.bm.free_seq(seq)
 
+    def adopt(self, seqs: list[Sequence]) -> None:
+        """Forked sequences join the running batch with the blocks they share."""
+        for s in seqs:
+            s.status = SeqStatus.RUNNING
+        self.running.extend(seqs)
+
+    def _draft(self, seq: Sequence, budget: int) -> list[int]:
+        """Drafts for a decode, never past max_tokens, max_model_len, the budget or the free blocks."""
+        room = min(seq.params.max_tokens - seq.num_output_tokens, self.config.max_model_len - seq.num_tokens) - 1
+        drafts = self.proposer.propose(seq, min(room, budget - 1))
+        return drafts if drafts and self.bm.can_allocate(seq, 1 + len(drafts)) else []
+
     def _preempt(self, seq: Sequence) -> None:
+        seq.spec_token_ids = []
         self.running.remove(seq)
         self.bm.free_seq(seq)
         seq.num_preemptions += 1
@@ -72,7 +89,8 @@ class Scheduler:
         for seq in decodes + prefills:
             if seq.status is not SeqStatus.RUNNING or budget <= 0:
                 continue
-            n = min(seq.num_uncomputed, budget)
+            seq.spec_token_ids = self._draft(seq, budget) if seq.num_uncomputed == 1 else []
+            n = min(seq.num_uncomputed + len(seq.spec_token_ids), budget)
             ok = True
             while not self.bm.can_allocate(seq, n):
                 candidates = [s for s in self.running if id(s) not in scheduled]
@@ -93,7 +111,7 @@ class Scheduler:
 
         # admit waiting requests (not in a step that had to preempt: memory is tight)
         while (self.waiting and budget > 0 and not out.preempted
-               and len(self.running) < self.config.max_num_seqs):
+               and len(self.running) + self.waiting[0].num_forks_pending < self.config.max_num_seqs):
             seq = self.waiting[0]
             cached, hashes = self.bm.find_cached_prefix(seq)
             num_cached = len(cached) * self.bm.block_size

@@ -28,6 +28,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     detokenize: bool = True
+    n: int = 1                          # choices; the n sequences share the prompt's KV blocks
+    logprobs: int | None = None         # None: off; k: report the sampled token's and the k best logprobs
 
     @property
     def greedy(self) -> bool:
@@ -63,10 +65,17 @@ class Sequence:
     last_token_time: float | None = None
     finished_time: float | None = None
     rng: object | None = None                    # random.Random for seeded sampling
+    # n > 1: the first sequence of a request forks the others once its prompt is computed
+    index: int = 0                               # choice index within the request
+    group_id: str = ""                           # the request id (request_id is unique per sequence)
+    num_forks_pending: int = 0
+    children: list["Sequence"] = field(default_factory=list)
+    spec_token_ids: list[int] = field(default_factory=list)  # drafted tokens verified this step
 
     def __post_init__(self) -> None:
         if not self.token_ids:
             self.token_ids = list(self.prompt_token_ids)
+        self.group_id = self.group_id or self.request_id
 
     @property
     def num_prompt_tokens(self) -> int:

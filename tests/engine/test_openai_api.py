@@ -68,7 +68,9 @@ async def test_completion_and_stream(aengine):
 
 
 @pytest.mark.parametrize("body,code", [
-    ({"messages": MSG, "n": 2}, "unsupported_value"),
+    ({"messages": MSG, "n": 1000}, "invalid_request"),
+    ({"messages": MSG, "top_logprobs": 2}, "invalid_request"),
+    ({"messages": MSG, "logprobs": True, "top_logprobs": 21}, "invalid_request"),
     ({"messages": MSG, "temperature": "hot"}, "invalid_request"),
     ({"messages": MSG, "top_p": 1.5}, "invalid_request"),
     ({"messages": []}, "invalid_request"),

@@ -98,13 +98,34 @@ def test_errors_are_openai_json(server, client):
         client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi " * 900}])
     assert ei.value.status_code == 400 and "maximum context length" in ei.value.message
     with pytest.raises(BadRequestError):
-        client.chat.completions.create(model="tiny", messages=MSG, n=2, stream=True)
+        client.chat.completions.create(model="tiny", messages=MSG, n=100, stream=True)   # above max_num_seqs
     r = httpx.post(server[0] + "/v1/chat/completions", content=b"{not json")
     assert r.status_code == 400
     err = r.json()["error"]
     assert err["type"] == "invalid_request_error" and set(err) == {"message", "type", "param", "code"}
-    r = httpx.post(server[0] + "/v1/chat/completions", json={"messages": MSG, "n": 3})
+    r = httpx.post(server[0] + "/v1/chat/completions", json={"messages": MSG, "best_of": 3})
     assert r.status_code == 400 and r.json()["error"]["code"] == "unsupported_value"
+
+
+def test_sdk_parses_n_and_logprobs(client):
+    r = client.chat.completions.create(model="tiny", messages=MSG, n=3, max_tokens=5, temperature=0.9, seed=7,
+                                       logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    assert [c.index for c in r.choices] == [0, 1, 2] and r.usage.completion_tokens == 15
+    for c in r.choices:
+        assert len(c.logprobs.content) == 5
+        assert all(len(t.top_logprobs) == 2 and t.logprob <= 0 for t in c.logprobs.content)
+    s = client.chat.completions.create(model="tiny", messages=MSG, n=2, max_tokens=4, temperature=0,
+                                       logprobs=True, stream=True, extra_body={"ignore_eos": True})
+    text = {0: "", 1: ""}
+    for ch in s:
+        for c in ch.choices:
+            text[c.index] += c.delta.content or ""
+    assert text[0] == text[1] != ""          # greedy: both choices agree
+    cr = client.completions.create(model="tiny", prompt="The quick brown fox", max_tokens=4, temperature=0,
+                                   logprobs=3, extra_body={"ignore_eos": True})
+    lp = cr.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 4
+    assert "".join(lp.tokens) == cr.choices[0].text
 
 
 def test_models_health_ready_load_metrics(server, client):
