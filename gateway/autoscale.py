@@ -189,7 +189,11 @@ class AutoscaleSampler:
         self._due: dict[str, float] = {}
 
     def snapshot(self) -> dict[str, dict]:
-        return {name: a.advice.as_json() for name, a in sorted(self._advisors.items()) if a.advice is not None}
+        """The advice per target, with ages in seconds (`at` and `changed_at` are monotonic times)."""
+        now = self._clock()
+        return {name: {**a.advice.as_json(), "sampled_seconds_ago": round(now - a.advice.at, 3),
+                       "unchanged_for_seconds": round(now - a.advice.changed_at, 3)}
+                for name, a in sorted(self._advisors.items()) if a.advice is not None}
 
     def _targets(self) -> dict[str, object]:
         return {name: p for name, p in self._providers().items()

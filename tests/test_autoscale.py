@@ -338,6 +338,7 @@ def test_admin_endpoint_and_metrics(tmp_path, stubs):
         fleet = snapshot["fleet"]
         # 13 waiting at 2 per replica: 7, capped at 6. Seeded from the first sample with data.
         assert (fleet["desired"], fleet["recommended"], fleet["signal"], fleet["replicas"]) == (6, 6, "max_replicas", 2)
+        assert 0 <= fleet["sampled_seconds_ago"] < 5 and fleet["unchanged_for_seconds"] >= fleet["sampled_seconds_ago"]
         metrics = httpx.get(gw.root_url + "/metrics").text
     assert 'gateway_selfhost_desired_replicas{target="fleet"} 6.0' in metrics
     assert 'gateway_selfhost_replicas{target="fleet"} 2.0' in metrics
