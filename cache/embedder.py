@@ -14,11 +14,13 @@ elsewhere). A model with another pooling falls back to `encode`.
 Why a memo: one request can be embedded by both the difficulty scorer (head of the last user
 message) and the semantic cache (the whole last user message). Vectors are memoised in a small
 LRU keyed by the exact token ids that were encoded, so when both ask for the same short text,
-the forward pass runs once; when truncation makes the inputs differ, so do the keys. Memoised
-arrays are read-only (shared between callers).
+the forward pass runs once (also when they ask at the same moment: the second waits for the
+first); when truncation makes the inputs differ, so do the keys.
 
-Blocking CPU work, serialised by one lock (the fast tokenizer is not safe to share between
-threads while it truncates): async code calls `aembed` or `asyncio.to_thread(...)`.
+Blocking CPU work: async code calls `aembed` or `asyncio.to_thread(...)`. Tokenizing and the memo
+are under one lock (the fast tokenizer is not safe to share between threads while it
+truncates); the forward pass is not, so a short per-request text never waits behind another
+thread's long batch (inference does not mutate the model).
 """
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Embedder", "default_model_path", "get_embedder", "native_bf16"]
+__all__ = ["Embedder", "default_model_path", "embed_query", "get_embedder", "native_bf16"]
 
 _BATCH = 32
 
@@ -93,6 +96,7 @@ class Embedder:
         self._parts: _Parts | None = None
         self._lock = threading.Lock()
         self._memo: OrderedDict[bytes, np.ndarray] = OrderedDict()
+        self._inflight: dict[bytes, Future[np.ndarray]] = {}
         self.forward_texts = 0  # texts that went through the encoder (not served by the memo)
 
     # ---- loading
@@ -129,7 +133,7 @@ class Embedder:
             tokenizer = self._load().tokenizer
             return [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True)["input_ids"]]
 
-    # ---- the forward pass (caller holds the lock)
+    # ---- the forward pass
 
     def _forward(self, parts: _Parts, ids: list[list[int]]) -> np.ndarray:
         import torch
@@ -143,54 +147,85 @@ class Embedder:
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
-        return pooled.numpy().astype(np.float32, copy=False)
+        return pooled.numpy().astype(np.float32, copy=True)
 
-    def _remember(self, key: bytes, vec: np.ndarray) -> np.ndarray:
-        vec = np.array(vec, dtype=np.float32)  # own copy: rows of a batch must not pin the batch
-        vec.setflags(write=False)
+    def _vectors(self, parts: _Parts, ids: list[list[int]]) -> np.ndarray:
+        """One row per token sequence: memoised rows reused, the rest encoded in batches.
+
+        The memo and the in-flight table are read under the lock; the forward pass runs outside
+        it, so a short query never queues behind another thread's long batch, and a sequence
+        already being encoded by another thread is waited for instead of encoded twice."""
+        keys = [np.asarray(row, dtype=np.int32).tobytes() for row in ids]
+        rows: list[np.ndarray | None] = [None] * len(keys)
+        waits: dict[int, Future[np.ndarray]] = {}
+        mine: dict[bytes, Future[np.ndarray]] = {}
+        todo: list[int] = []
+        with self._lock:
+            for i, key in enumerate(keys):
+                vec = self._memo.get(key)
+                if vec is not None:
+                    self._memo.move_to_end(key)
+                    rows[i] = vec
+                elif key in self._inflight:
+                    waits[i] = self._inflight[key]
+                elif key in mine:
+                    waits[i] = mine[key]
+                else:
+                    mine[key] = self._inflight[key] = Future()
+                    todo.append(i)
+        try:
+            todo.sort(key=lambda i: len(ids[i]))
+            for start in range(0, len(todo), _BATCH):
+                chunk = todo[start : start + _BATCH]
+                vecs = self._forward(parts, [ids[i] for i in chunk])
+                with self._lock:
+                    self.forward_texts += len(chunk)
+                    for i, vec in zip(chunk, vecs):
+                        rows[i] = vec
+                        self._remember(keys[i], vec)
+                        self._inflight.pop(keys[i], None)
+                        mine.pop(keys[i]).set_result(vec)
+        except BaseException as exc:
+            with self._lock:
+                for key, future in mine.items():
+                    self._inflight.pop(key, None)
+                    future.set_exception(exc)
+            raise
+        for i, future in waits.items():
+            rows[i] = future.result()
+        if not rows:
+            return np.zeros((0, self._dim(parts)), dtype=np.float32)
+        return np.stack(rows)  # type: ignore[arg-type]
+
+    def _remember(self, key: bytes, vec: np.ndarray) -> None:
         if self.memo_size:
             self._memo[key] = vec
             while len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
-        return vec
-
-    def _vectors(self, parts: _Parts, ids: list[list[int]]) -> np.ndarray:
-        """One row per token sequence: memoised rows reused, the rest encoded in batches."""
-        keys = [np.asarray(row, dtype=np.int32).tobytes() for row in ids]
-        rows: list[np.ndarray | None] = []
-        for key in keys:
-            vec = self._memo.get(key)
-            if vec is not None:
-                self._memo.move_to_end(key)
-            rows.append(vec)
-        todo = sorted((i for i, row in enumerate(rows) if row is None), key=lambda i: len(ids[i]))
-        for start in range(0, len(todo), _BATCH):
-            chunk = todo[start : start + _BATCH]
-            vecs = self._forward(parts, [ids[i] for i in chunk])
-            self.forward_texts += len(chunk)
-            for i, vec in zip(chunk, vecs):
-                rows[i] = self._remember(keys[i], vec)
-        if not rows:
-            return np.zeros((0, self._dim_unlocked(parts)), dtype=np.float32)
-        return np.stack(rows)  # type: ignore[arg-type]
 
     @staticmethod
-    def _dim_unlocked(parts: _Parts) -> int:
+    def _dim(parts: _Parts) -> int:
         get = getattr(parts.model, "get_embedding_dimension", None) or parts.model.get_sentence_embedding_dimension
         return int(get())
 
-    def _embed_truncated(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
-        texts = list(texts)
+    def _tokens(self, texts: list[str], max_tokens: int | None) -> tuple[_Parts, list[list[int]]]:
         with self._lock:
             parts = self._load()
-            if not parts.mean_pooling:  # another pooling: let sentence-transformers do it
+            if max_tokens is None:
+                encoded = parts.tokenizer(texts, add_special_tokens=True)
+            else:
+                limit = max(2, min(int(max_tokens), parts.max_seq_length))
+                encoded = parts.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)
+        return parts, [list(row) for row in encoded["input_ids"]]
+
+    def _embed_truncated(self, texts: Sequence[str], max_tokens: int) -> np.ndarray:
+        texts = list(texts)
+        parts, ids = self._tokens(texts, max_tokens)
+        if not parts.mean_pooling:  # another pooling: let sentence-transformers do it
+            with self._lock:
                 vecs = parts.model.encode(texts, batch_size=_BATCH, convert_to_numpy=True, normalize_embeddings=True)
-                return np.ascontiguousarray(vecs, dtype=np.float32)
-            limit = max(2, min(int(max_tokens), parts.max_seq_length))
-            if not texts:
-                return np.zeros((0, self._dim_unlocked(parts)), dtype=np.float32)
-            ids = parts.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=limit)["input_ids"]
-            return self._vectors(parts, [list(row) for row in ids])
+            return np.ascontiguousarray(vecs, dtype=np.float32)
+        return self._vectors(parts, ids)
 
     # ---- public API
 
@@ -203,6 +238,10 @@ class Embedder:
         the cost of a forward pass grows with the number of word pieces)."""
         return self._embed_truncated(texts, max_tokens)
 
+    def embed_query(self, text: str, max_tokens: int = 64) -> np.ndarray:
+        """(1, dim): one text's head (`embed_head`), for per-request callers such as the router."""
+        return self._embed_truncated([text], max_tokens)
+
     def head_embedder(self, max_tokens: int = 64) -> Callable[[list[str]], np.ndarray]:
         """An `embed(texts)` function (e.g. for `gateway.difficulty.KnnScorer`) over `embed_head`."""
 
@@ -213,15 +252,14 @@ class Embedder:
 
     def embed_if_fits(self, text: str) -> np.ndarray | None:
         """One normalised vector, or None when the text would be truncated by the model."""
-        with self._lock:
-            parts = self._load()
-            ids = list(parts.tokenizer(text, add_special_tokens=True)["input_ids"])
-            if len(ids) > parts.max_seq_length:
-                return None
-            if not parts.mean_pooling:
+        parts, ids = self._tokens([text], None)
+        if len(ids[0]) > parts.max_seq_length:
+            return None
+        if not parts.mean_pooling:
+            with self._lock:
                 vec = parts.model.encode([text], convert_to_numpy=True, normalize_embeddings=True)[0]
-                return np.ascontiguousarray(vec, dtype=np.float32)
-            return self._vectors(parts, [ids])[0]
+            return np.ascontiguousarray(vec, dtype=np.float32)
+        return self._vectors(parts, ids)[0]
 
     async def aembed(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed, texts)
@@ -238,3 +276,8 @@ def get_embedder() -> Embedder:
         if _default is None:
             _default = Embedder()
         return _default
+
+
+def embed_query(text: str, max_tokens: int = 64) -> np.ndarray:
+    """(1, dim): the head of one text from the process-wide embedder (memoised per token sequence)."""
+    return get_embedder().embed_query(text, max_tokens)
