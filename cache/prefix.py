@@ -17,37 +17,16 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from protocols.text import static_prefix, text_chars
+
 from .response import canonical_json
 
 __all__ = ["prefix_fingerprint", "prompt_cache_key", "static_prefix"]
 
 
-def static_prefix(body: Mapping[str, Any]) -> list[Any]:
-    """The messages before the last user turn (all but the last message when there is no user turn)."""
-    messages = body.get("messages")
-    if not isinstance(messages, list) or not messages:
-        return []
-    for i in range(len(messages) - 1, -1, -1):
-        m = messages[i]
-        if isinstance(m, Mapping) and m.get("role") == "user":
-            return messages[:i]
-    return messages[:-1]
-
-
-def _chars(obj: Any) -> int:
-    """Characters of the text a prompt is made of (strings inside the structure, not JSON syntax)."""
-    if isinstance(obj, str):
-        return len(obj)
-    if isinstance(obj, Mapping):
-        return sum(_chars(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_chars(v) for v in obj)
-    return 0
-
-
 def prefix_fingerprint(body: Mapping[str, Any]) -> tuple[str | None, int]:
     """(sha256 hex of the static prefix or None when there is none, approx. tokens: chars/4)."""
-    messages = static_prefix(body)
+    messages = static_prefix(body.get("messages"))
     tools = body.get("tools") or []
     if not messages and not tools:
         return None, 0
@@ -55,7 +34,7 @@ def prefix_fingerprint(body: Mapping[str, Any]) -> tuple[str | None, int]:
         material = canonical_json({"v": 1, "tools": tools, "messages": messages})
     except (TypeError, ValueError):
         return None, 0
-    approx_tokens = (_chars(messages) + len(canonical_json(tools)) if tools else _chars(messages)) // 4
+    approx_tokens = (text_chars(messages) + len(canonical_json(tools)) if tools else text_chars(messages)) // 4
     return hashlib.sha256(material).hexdigest(), approx_tokens
 
 

@@ -1,4 +1,4 @@
-"""Exact response cache: deterministic chat completions, per tenant, replayable as streams.
+"""Exact response cache: deterministic answers (any protocol), per tenant, replayable as streams.
 
 Rules (the cache must never serve one tenant's answer to another, nor a sampled, personalised
 or `no-store` request's answer to anyone):
@@ -33,7 +33,7 @@ from typing import Any
 import msgspec
 
 from policies.schema import CacheSpec, Pricing
-from providers.base import Usage
+from protocols.usage import Usage
 
 from .store import Store
 
@@ -46,7 +46,6 @@ __all__ = [
     "canonical_json",
     "is_deterministic",
     "parse_cache_control",
-    "replay_chunks",
     "savings",
     "tenant_prefix",
 ]
@@ -151,8 +150,11 @@ def canonical_json(obj: Any) -> bytes:
     return msgspec.json.encode(_normalise(obj), order="sorted")
 
 
-def is_deterministic(body: Mapping[str, Any]) -> tuple[bool, str]:
-    """(cacheable, reason). Only greedy, single-choice requests are deterministic enough."""
+def is_deterministic(body: Mapping[str, Any], always: bool = False) -> tuple[bool, str]:
+    """(cacheable, reason). Only greedy, single-choice requests are deterministic enough;
+    `always` for protocols whose answers do not sample (embeddings)."""
+    if always:
+        return True, "deterministic"
     n = body.get("n")
     if n is not None and (isinstance(n, bool) or n != 1):
         return False, "n>1"
@@ -211,6 +213,24 @@ def parse_cache_control(value: str) -> dict[str, str | None]:
 # --------------------------------------------------------------------------- the cache
 
 
+# What a stored answer must look like, per protocol: its `object` (or `type`) and the field that
+# carries the answer. Anything else (an error body, garbage) is never stored.
+_ANSWERS: dict[str, str] = {
+    "chat.completion": "choices",
+    "text_completion": "choices",
+    "list": "data",
+    "response": "output",
+    "message": "content",
+}
+
+
+def _is_answer(doc: Any) -> bool:
+    if not isinstance(doc, dict):
+        return False
+    field = _ANSWERS.get(doc.get("object") or doc.get("type") or "")
+    return field is not None and bool(doc.get(field))
+
+
 class ResponseCache:
     """Exact cache over a `Store`. Counters: `hits`, `misses`, `stores`, `rejected`."""
 
@@ -223,9 +243,9 @@ class ResponseCache:
 
     # ---- keys
 
-    def cache_key(self, tenant: str, route: str, body: Mapping[str, Any]) -> str | None:
+    def cache_key(self, tenant: str, route: str, body: Mapping[str, Any], *, deterministic: bool = False) -> str | None:
         """`t:<tenant>:r:<sha256>`, or None when the request is not cacheable."""
-        ok, _ = is_deterministic(body)
+        ok, _ = is_deterministic(body, deterministic)
         if not ok:
             return None
         try:
@@ -237,13 +257,14 @@ class ResponseCache:
 
     # ---- policy
 
-    def decision(self, headers: Mapping[str, str], spec: CacheSpec, body: Mapping[str, Any]) -> CacheDecision:
+    def decision(self, headers: Mapping[str, str], spec: CacheSpec, body: Mapping[str, Any], *,
+                 deterministic: bool = False) -> CacheDecision:
         if not spec.enabled:
             return CacheDecision(False, False, CacheStatus.BYPASS, "disabled")
         cc = parse_cache_control(_header(headers, "cache-control"))
         if "no-store" in cc:
             return CacheDecision(False, False, CacheStatus.BYPASS, "no-store")
-        ok, reason = is_deterministic(body)
+        ok, reason = is_deterministic(body, deterministic)
         if not ok:
             return CacheDecision(False, False, CacheStatus.BYPASS, reason)
         semantic = spec.semantic.enabled
@@ -304,7 +325,7 @@ class ResponseCache:
         except msgspec.DecodeError:
             self.rejected += 1
             return False
-        if not isinstance(doc, dict) or doc.get("object") != "chat.completion" or not doc.get("choices"):
+        if not _is_answer(doc):
             self.rejected += 1
             return False
         entry = _Entry(
@@ -325,190 +346,3 @@ def savings(usage: Usage, pricing: Pricing) -> Savings:
     """Tokens and USD a cache hit saved: what the original call cost, at the target's prices."""
     usd = pricing.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
     return Savings(tokens=usage.total_tokens, usd=usd)
-
-
-# --------------------------------------------------------------------------- stream replay
-
-
-def _split_text(text: str, target: int = 16, max_chunks: int = 64) -> list[str]:
-    """Split text into a few pieces at word boundaries (about `target` chars each)."""
-    if not text:
-        return []
-    size = max(target, -(-len(text) // max_chunks))
-    pieces: list[str] = []
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            space = text.rfind(" ", start + 1, end + 1)
-            if space > start:
-                end = space + 1  # keep the space with the word before it, as tokenizers do
-        pieces.append(text[start:end])
-        start = end
-    return pieces
-
-
-def _split_args(arguments: str, target: int = 24) -> list[str]:
-    return [arguments[i : i + target] for i in range(0, len(arguments), target)] or [""]
-
-
-def replay_chunks(
-    completion_body: bytes,
-    include_usage: bool,
-    *,
-    id: str | None = None,
-    created: int | None = None,
-    usage: Mapping[str, Any] | None = None,
-) -> list[bytes]:
-    """A cached `chat.completion` as the `chat.completion.chunk` payloads a live OpenAI stream
-    sends (the part after `data: `; the caller adds SSE framing and `[DONE]`).
-
-    Per choice: a role chunk (`content: ""`), content pieces (token by token when logprobs
-    were cached, so each chunk carries its own logprobs), a refusal, tool-call deltas (first
-    index/id/type/name with empty arguments, then argument pieces), then a chunk with an empty
-    delta and the finish_reason. With `include_usage`, every chunk has `usage: null` and a last
-    chunk with `choices: []` carries the usage (`usage` overrides the cached one). `id` and
-    `created` override the cached identity; id/model/created are the same on every chunk.
-    """
-    doc = msgspec.json.decode(completion_body)
-    base: dict[str, Any] = {
-        "id": id if id is not None else doc.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": created if created is not None else doc.get("created", int(time.time())),
-        "model": doc.get("model", ""),
-    }
-    for extra in ("service_tier", "system_fingerprint"):
-        if extra in doc:
-            base[extra] = doc[extra]
-
-    out: list[bytes] = []
-
-    def emit(index: int, delta: dict[str, Any], finish_reason: str | None = None, logprobs: Any = None) -> None:
-        chunk = dict(base)
-        chunk["choices"] = [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
-        if include_usage:
-            chunk["usage"] = None
-        out.append(msgspec.json.encode(chunk))
-
-    for choice in doc.get("choices") or []:
-        index = choice.get("index", 0)
-        message = choice.get("message") or {}
-        content = message.get("content")
-        tool_calls = message.get("tool_calls") or []
-        role_delta: dict[str, Any] = {"role": message.get("role") or "assistant"}
-        # A tool-call-only answer opens with role, null content and the first call (as OpenAI
-        # streams it); anything else opens with role and empty content.
-        merge_role = content is None and bool(tool_calls)
-        if merge_role:
-            role_delta["content"] = None
-        else:
-            role_delta.update(content="", refusal=None)
-            emit(index, role_delta)
-        lp = choice.get("logprobs") or {}
-        token_lps = lp.get("content") if isinstance(lp, dict) else None
-        if content and token_lps and "".join(t.get("token", "") for t in token_lps) == content:
-            for t in token_lps:
-                emit(index, {"content": t.get("token", "")}, logprobs={"content": [t], "refusal": None})
-        elif content:
-            for piece in _split_text(content):
-                emit(index, {"content": piece})
-
-        refusal = message.get("refusal")
-        if refusal:
-            for piece in _split_text(refusal):
-                emit(index, {"refusal": piece})
-
-        for ti, call in enumerate(tool_calls):
-            fn = call.get("function") or {}
-            header = {
-                "tool_calls": [
-                    {
-                        "index": ti,
-                        "id": call.get("id"),
-                        "type": call.get("type", "function"),
-                        "function": {"name": fn.get("name"), "arguments": ""},
-                    }
-                ]
-            }
-            if ti == 0 and merge_role:
-                emit(index, {**role_delta, **header})
-            else:
-                emit(index, header)
-            arguments = fn.get("arguments") or ""
-            if arguments:
-                for piece in _split_args(arguments):
-                    emit(index, {"tool_calls": [{"index": ti, "function": {"arguments": piece}}]})
-
-        emit(index, {}, finish_reason=choice.get("finish_reason") or "stop")
-
-    if include_usage:
-        chunk = dict(base)
-        chunk["choices"] = []
-        chunk["usage"] = dict(usage) if usage is not None else doc.get("usage")
-        out.append(msgspec.json.encode(chunk))
-    return out
-
-
-def assemble_completion(payloads: list[bytes]) -> bytes | None:
-    """The inverse of `replay_chunks`: a finished stream's chunk payloads as one `chat.completion`,
-    so streamed answers can be cached too. None when the stream is not a complete, cacheable
-    answer (no choices, a choice without a finish_reason, an in-band error, unparsable JSON).
-    """
-    head: dict[str, Any] | None = None
-    usage = None
-    choices: dict[int, dict[str, Any]] = {}
-    for payload in payloads:
-        try:
-            chunk = msgspec.json.decode(payload)
-        except msgspec.DecodeError:
-            return None
-        if not isinstance(chunk, dict) or "error" in chunk:
-            return None
-        head = head or chunk
-        if chunk.get("usage"):
-            usage = chunk["usage"]
-        for delta_choice in chunk.get("choices") or []:
-            index = delta_choice.get("index", 0)
-            state = choices.setdefault(index, {"role": "assistant", "content": [], "refusal": [], "tools": {},
-                                               "finish_reason": None})
-            delta = delta_choice.get("delta") or {}
-            if delta.get("role"):
-                state["role"] = delta["role"]
-            if delta.get("content"):
-                state["content"].append(delta["content"])
-            if delta.get("refusal"):
-                state["refusal"].append(delta["refusal"])
-            for call in delta.get("tool_calls") or []:
-                slot = state["tools"].setdefault(call.get("index", 0), {"id": None, "type": "function",
-                                                                         "name": None, "arguments": []})
-                slot["id"] = call.get("id") or slot["id"]
-                slot["type"] = call.get("type") or slot["type"]
-                function = call.get("function") or {}
-                slot["name"] = function.get("name") or slot["name"]
-                if function.get("arguments"):
-                    slot["arguments"].append(function["arguments"])
-            if delta_choice.get("finish_reason"):
-                state["finish_reason"] = delta_choice["finish_reason"]
-    if head is None or not choices or any(c["finish_reason"] is None for c in choices.values()):
-        return None
-    out_choices = []
-    for index in sorted(choices):
-        state = choices[index]
-        message: dict[str, Any] = {"role": state["role"],
-                                   "content": "".join(state["content"]) if state["content"] or not state["tools"] else None,
-                                   "refusal": "".join(state["refusal"]) or None}
-        if state["tools"]:
-            message["tool_calls"] = [
-                {"id": t["id"], "type": t["type"], "function": {"name": t["name"], "arguments": "".join(t["arguments"])}}
-                for _, t in sorted(state["tools"].items())
-            ]
-        out_choices.append({"index": index, "message": message, "logprobs": None, "finish_reason": state["finish_reason"]})
-    document: dict[str, Any] = {"id": head.get("id", ""), "object": "chat.completion",
-                                "created": head.get("created", int(time.time())), "model": head.get("model", ""),
-                                "choices": out_choices}
-    for extra in ("service_tier", "system_fingerprint"):
-        if head.get(extra) is not None:
-            document[extra] = head[extra]
-    if usage is not None:
-        document["usage"] = usage
-    return msgspec.json.encode(document)

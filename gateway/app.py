@@ -12,16 +12,19 @@ import logging
 
 from litestar import Litestar
 
-from gateway.api.chat import chat_completions
+from gateway.api.inbound import INFERENCE_ROUTES
 from gateway.api.errors import EXCEPTION_HANDLERS
-from gateway.api.meta import healthz, list_models, metrics, readyz
+from gateway.api.meta import healthz, list_models, metrics, readyz, retrieve_model
+from gateway.caching import Caching
+from protocols import openai_chat, openai_completions, openai_embeddings
 from gateway.api.admin import breakers_view, reload_policy
 from gateway.api.autoscale import autoscale_view
 from gateway.autoscale import AutoscaleSampler
 from gateway.api.usage import my_usage, tenant_usage
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
-from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets, connect_redis
+from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets
+from gateway.state import RedisConfig, SharedState
 from gateway.executor import Executor
 from gateway.telemetry import Telemetry
 from gateway.pipeline import Gateway, Runtime
@@ -39,6 +42,10 @@ log = logging.getLogger("gateway")
 # The SDKs' HTTP clients log every request at INFO: a cost on the hot path and noise in logs.
 for _noisy in ("httpx", "httpx2"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+# Every protocol callers may speak, and its wire (protocols/).
+WIRES = {wire.api: wire for wire in (openai_chat.WIRE, openai_completions.WIRE, openai_embeddings.WIRE)}
 
 
 def _spawn(app: Litestar, coroutine) -> None:
@@ -111,6 +118,15 @@ def build_runtime(policy: Policy, settings: Settings, clients: Clients, previous
     )
 
 
+def _shared_state(settings: Settings) -> SharedState | None:
+    """The one Redis client of this process (gateway/state/), or None for the embedded default."""
+    if not settings.redis_url:
+        return None
+    config = RedisConfig(url=settings.redis_url, timeout=settings.redis_timeout,
+                         pool_size=settings.redis_pool_size, pool_wait=settings.redis_pool_wait)
+    return SharedState.connect(config, settings.redis_prefix)
+
+
 def create_app(settings: Settings | None = None) -> Litestar:
     settings = settings or Settings()
     policy = load_policy(settings.policy_path)  # an invalid policy refuses to start
@@ -118,15 +134,18 @@ def create_app(settings: Settings | None = None) -> Litestar:
     async def startup(app: Litestar) -> None:
         clients = Clients.create(settings.cache_dir)
         app.state.clients = clients
-        redis = connect_redis(settings.redis_url) if settings.redis_url else None
-        app.state.redis = redis
-        if redis is None:  # the embedded default: all state in this process
+        shared = _shared_state(settings)
+        app.state.shared_state = shared
+        app.state.redis = shared.redis if shared is not None else None
+        if shared is None:  # the embedded default: all state in this process
             budgets = MemoryBudgets()
             store = MemoryStore()
         else:
-            budgets = FailoverBudgets(RedisBudgets(redis, prefix=settings.redis_prefix, close_client=False),
-                                      mode=settings.budgets_fail_mode)
-            store = RedisStore(redis, prefix=settings.redis_prefix + "cache:")
+            budgets = FailoverBudgets(
+                RedisBudgets(shared.redis, prefix=settings.redis_prefix, lease=settings.budget_lease,
+                             gate=shared.gate, health=shared.health, owns_client=False),
+                mode=settings.budgets_fail_mode)
+            store = RedisStore(shared.redis, prefix=settings.redis_prefix + "cache:", health=shared.health)
         cache = ResponseCache(store)
         semantic = None
         if any(m.cache.semantic.enabled for m in policy.models.values()):
@@ -135,7 +154,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             semantic = SemanticCache(cache)
             _spawn(app, asyncio.to_thread(semantic.embedder.load))  # warm the model off the request path
         telemetry: Telemetry = app.state.telemetry
-        breaker_store = MemoryBreakerStore() if redis is None else RedisBreakerStore(redis, prefix=settings.redis_prefix + "brk:")
+        breaker_store = MemoryBreakerStore() if shared is None else RedisBreakerStore(
+            shared.redis, prefix=settings.redis_prefix + "brk:", health=shared.health, gate=shared.gate)
         breakers = Breakers(breaker_store, breaker_config(policy))
         gate = BreakerGate(breakers, key=lambda candidate: candidate.key)
         app.state.breakers = breakers
@@ -147,7 +167,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients),
             Executor(observe=observe, gate=gate.gate),
-            budgets=budgets, cache=cache, semantic=semantic, telemetry=telemetry, breakers=gate,
+            wires=WIRES, budgets=budgets, caching=Caching(cache, semantic), telemetry=telemetry, breakers=gate,
         )
         _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
         # Replica-count advice per self-hosted target with an `autoscale` block (off the request path).
@@ -192,8 +212,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             await gateway.budgets.aclose()
         if getattr(app.state, "clients", None) is not None:
             await app.state.clients.aclose()
-        if getattr(app.state, "redis", None) is not None:
-            await app.state.redis.aclose()
+        if getattr(app.state, "shared_state", None) is not None:
+            await app.state.shared_state.aclose()
         app.state.telemetry.shutdown()
 
     async def readiness() -> dict[str, dict]:
@@ -207,12 +227,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             # Fail-open keeps serving from a local fallback, so an unreachable Redis must not take
             # the replica out of rotation there: it is reported as degraded instead.
             tolerated = settings.budgets_fail_mode == "open"
-            try:
-                await redis.ping()
+            # One bounded probe: a hung store must not hang the readiness check.
+            if await app.state.shared_state.health.probe():
                 checks["state_store"] = {"ok": True, "detail": "redis"}
-            except Exception as exc:  # any failure means not ready (fail-closed)
-                checks["state_store"] = {"ok": tolerated, "degraded": True,
-                                         "detail": f"redis: {type(exc).__name__}: {exc}"}
+            else:
+                checks["state_store"] = {"ok": tolerated, "degraded": True, "detail": "redis: no answer"}
             budgets = app.state.gateway.budgets
             degraded = getattr(budgets, "degraded", False)
             checks["budgets"] = {
@@ -233,7 +252,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return checks
 
     app = Litestar(
-        route_handlers=[chat_completions, list_models, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy,
+        route_handlers=[*INFERENCE_ROUTES, list_models, retrieve_model, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy,
                         breakers_view, autoscale_view],
         on_startup=[startup],
         on_shutdown=[shutdown],

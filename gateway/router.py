@@ -18,7 +18,10 @@ from gateway.auth import Principal
 from gateway.difficulty import Difficulty, DifficultyScorer, DifficultyWeights
 from gateway.errors import GatewayError
 from policies.schema import CacheSpec, ModelSpec, Policy, RetrySpec, RouteMatch, RouteSpec, TargetSpec, TimeoutSpec
-from providers.base import Provider
+from protocols.api import Api
+from protocols.translate import Hints
+from providers.base import Placeable, Provider
+from providers.translated import speaking
 
 AUTO = "auto"
 PRIORITY_HEADER = "x-gateway-priority"
@@ -54,6 +57,16 @@ class Plan:
         """Stable name of what serves this request: the cache namespace (not the random pick)."""
         return f"{self.model}>{self.route_name}" if self.route_name else f"{self.model}>" + ",".join(
             c.name for c in self.candidates)
+
+
+def unsupported_api(model: str, api: Api) -> GatewayError:
+    return GatewayError(
+        400,
+        f"The model '{model}' cannot serve this endpoint ({api}): none of its targets speaks it and no "
+        f"translation exists.",
+        code="unsupported_endpoint",
+        param="model",
+    )
 
 
 def model_not_found(model: str) -> GatewayError:
@@ -102,6 +115,7 @@ class Router:
         self.scorer = scorer or build_scorer(policy)
         self.rng = rng or random.Random()
         self._difficulty_routes = any(r.match.difficulty is not None for r in policy.routes)
+        self._speakers: dict[tuple[str, Api], Provider | None] = {}
 
     def public_models(self) -> list[str]:
         names = list(self.policy.models)
@@ -134,7 +148,17 @@ class Router:
         body: dict[str, Any],
         headers: Mapping[str, str],
         prompt_tokens: int,
+        api: Api = Api.CHAT,
     ) -> Plan:
+        """Who should serve this request, in order. Only targets that speak `api` (natively or
+        through a translator) become candidates; none at all is the caller's 400."""
+        plan = await self._plan(requested, principal, body, headers, prompt_tokens, api)
+        if not plan.candidates:
+            raise unsupported_api(requested, api)
+        return plan
+
+    async def _plan(self, requested: str, principal: Principal, body: dict[str, Any], headers: Mapping[str, str],
+                    prompt_tokens: int, api: Api) -> Plan:
         policy = self.policy
         if not self.allowed(principal, requested) or (requested not in policy.models and requested != AUTO):
             raise model_not_found(requested)
@@ -144,7 +168,7 @@ class Router:
         priority = self.priority_of(principal, headers)
         for route in policy.routes:
             if self._matches(route.match, requested, principal, body, headers, difficulty, prompt_tokens, priority):
-                return self._route_plan(route, requested, difficulty, priority)
+                return self._route_plan(route, requested, difficulty, priority, api)
         model = requested if requested != AUTO else policy.default_model
         if model is None:
             raise model_not_found(requested)
@@ -152,7 +176,7 @@ class Router:
         return Plan(
             model=requested if requested != AUTO else model,
             model_spec=spec,
-            candidates=[self._candidate(name, None) for name in spec.targets],
+            candidates=self._candidates(spec.targets, None, api),
             difficulty=difficulty,
             priority=priority,
             retry=policy.retry,
@@ -181,7 +205,8 @@ class Router:
             return False
         return True
 
-    def _route_plan(self, route: RouteSpec, requested: str, difficulty: Difficulty | None, priority: str) -> Plan:
+    def _route_plan(self, route: RouteSpec, requested: str, difficulty: Difficulty | None, priority: str,
+                    api: Api) -> Plan:
         weighted = [w for w in route.targets if w.weight > 0]
         chosen = self.rng.choices(weighted, weights=[w.weight for w in weighted])[0].target
         names = [chosen] + [name for name in route.fallbacks if name != chosen]
@@ -192,7 +217,7 @@ class Router:
         return Plan(
             model=requested,
             model_spec=spec,
-            candidates=[self._candidate(name, route) for name in dict.fromkeys(names)],
+            candidates=self._candidates(dict.fromkeys(names), route, api),
             route_name=route.name,
             difficulty=difficulty,
             priority=priority,
@@ -200,6 +225,38 @@ class Router:
             cache=route.cache or spec.cache,
         )
 
-    def _candidate(self, name: str, route: RouteSpec | None) -> Candidate:
-        spec = self.policy.targets[name]
-        return Candidate(name, spec, self.providers[name], _merge_timeouts(spec.timeouts, route))
+    def _candidates(self, names, route: RouteSpec | None, api: Api) -> list[Candidate]:
+        out = []
+        for name in names:
+            provider = self._speaker(name, api)
+            if provider is not None:
+                spec = self.policy.targets[name]
+                out.append(Candidate(name, spec, provider, _merge_timeouts(spec.timeouts, route)))
+        return out
+
+    def _speaker(self, name: str, api: Api) -> Provider | None:
+        """The target's provider as seen by a caller speaking `api` (itself, translated, or None)."""
+        key = (name, api)
+        if key not in self._speakers:
+            spec = self.policy.targets[name]
+            # The pipeline sets `prefix_key` only for prefixes over the policy's
+            # prompt_cache_min_tokens, so the policy is the one threshold for cache breakpoints.
+            hints = Hints(min_cache_chars=0)
+            if spec.max_output_tokens:
+                hints.default_max_tokens = spec.max_output_tokens
+            self._speakers[key] = speaking(self.providers[name], api, hints)
+        return self._speakers[key]
+
+    @staticmethod
+    def place(plan: Plan, affinity: str | None, tokens: int) -> None:
+        """A target with several replicas becomes one candidate per replica, in placement order:
+        failover tries another replica of the same target before the next target."""
+        placed: list[Candidate] = []
+        for candidate in plan.candidates:
+            endpoints = candidate.provider.placement(affinity, tokens) if isinstance(candidate.provider, Placeable) else []
+            if len(endpoints) > 1:
+                placed.extend(Candidate(candidate.name, candidate.spec, candidate.provider, candidate.timeouts, url)
+                              for url in endpoints)
+            else:
+                placed.append(candidate)
+        plan.candidates = placed

@@ -31,9 +31,17 @@ class Settings:
     dev_key: str | None = None  # adds a `dev` tenant with this key (GATEWAY_DEV_KEY)
     admin_key: str | None = None  # an admin key besides the policy's admin_keys (GATEWAY_ADMIN_KEY)
     cache_dir: str = field(default_factory=default_cache_dir)
-    budgets_fail_mode: str = "closed"  # or "open": Redis down → local fallback
+    budgets_fail_mode: str = "closed"  # or "open": Redis down → local share + journal
+    # The state layer's Redis client (gateway/state/): per-command timeout, commands in flight per
+    # process (also the pool size per node), how long an excess command queues before 503.
+    redis_timeout: float = 0.5
+    redis_pool_size: int = 64
+    redis_pool_wait: float = 2.0
+    budget_lease: float = 30.0  # a reservation's lease; live replicas renew it every third
     # Litestar reads bodies up to this; the policy's `limits.max_body_bytes` is checked after.
     body_ceiling_bytes: int = 64 * 1024 * 1024
+    # A caller that stops sending its body is cut after this many seconds (slow-loris bound).
+    body_read_timeout: float = 30.0
     watch_policy: bool = True
 
     def to_env(self) -> str:

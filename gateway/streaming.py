@@ -1,9 +1,9 @@
-"""Relay an upstream stream to the caller as OpenAI SSE, keeping the books as it goes.
+"""Relay an upstream stream to the caller in the caller's protocol, keeping the books as it goes.
 
-Each payload is peeked at (never re-serialised) for usage and for what was delivered, so that a
-stream cut mid-way is still settled with what the caller actually received. A failure after the
-first byte cannot be hidden any more: the stream ends with an explicit `error` event and
-`[DONE]`, which the official SDKs raise as an `APIError`, never a silent cut.
+Each payload is peeked at by the protocol's wire (never re-serialised) for usage and for what was
+delivered, so that a stream cut mid-way is still settled with what the caller actually received.
+A failure after the first byte cannot be hidden any more: the stream ends with the protocol's
+explicit error event (which the official SDKs raise), never a silent cut.
 """
 
 from __future__ import annotations
@@ -13,31 +13,8 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import msgspec
-
-from gateway.errors import error_body
+from protocols.wire import Wire
 from providers.base import ProviderError, Timeout, Usage
-from providers.openai_wire import UsagePeek, to_usage
-
-DONE = b"data: [DONE]\n\n"
-
-
-class _DeltaPeek(msgspec.Struct):
-    content: str | None = None
-    tool_calls: list[msgspec.Raw] | None = None
-
-
-class _ChoicePeek(msgspec.Struct):
-    delta: _DeltaPeek | None = None
-    finish_reason: str | None = None
-
-
-class _ChunkPeek(msgspec.Struct):
-    choices: list[_ChoicePeek] = []
-    usage: UsagePeek | None = None
-
-
-_chunk_decoder = msgspec.json.Decoder(_ChunkPeek)
 
 
 @dataclass(slots=True)
@@ -65,11 +42,8 @@ async def close_quietly(stream: AsyncIterator[bytes]) -> None:
             pass
 
 
-def sse(payload: bytes) -> bytes:
-    return b"data: " + payload + b"\n\n"
-
-
 async def relay(
+    wire: Wire,
     first: bytes,
     rest: AsyncIterator[bytes],
     *,
@@ -80,7 +54,7 @@ async def relay(
     started: float,
     on_done: SettleCallback,
 ) -> AsyncIterator[bytes]:
-    """Yield SSE frames for `first` then `rest`; call `on_done` exactly once, on every exit path."""
+    """Yield framed events for `first` then `rest`; call `on_done` exactly once, on every exit path."""
     usage: Usage | None = None
     delivered = 0
     completed = False
@@ -89,18 +63,13 @@ async def relay(
 
     def frame(payload: bytes) -> bytes | None:
         nonlocal usage, delivered
-        try:
-            peek = _chunk_decoder.decode(payload)
-        except msgspec.DecodeError:
-            return sse(payload)
+        peek = wire.peek(payload)
         if peek.usage is not None:
-            usage = to_usage(peek.usage)
-            if not peek.choices and not include_usage:
-                return None  # the usage-only chunk the caller did not ask for
-        for choice in peek.choices:
-            if choice.delta is not None and (choice.delta.content or choice.delta.tool_calls):
-                delivered += 1
-        return sse(payload)
+            usage = peek.usage
+        delivered += peek.delivered
+        if peek.usage_only and not include_usage:
+            return None  # the usage-only chunk the caller did not ask for
+        return wire.frame(payload)
 
     try:
         out = frame(first)
@@ -122,15 +91,14 @@ async def relay(
                     first_byte_s = time.perf_counter() - started
                 yield out
         completed = True
-        yield DONE
+        if wire.done:
+            yield wire.done
     except ProviderError as exc:
         error = exc
-        yield _error_frame(exc.message, exc.error_type, exc.code, target)
-        yield DONE
+        yield _error_frame(wire, exc, target)
     except asyncio.TimeoutError:
         error = Timeout("the stream exceeded its total time limit", target=target)
-        yield _error_frame(error.message, error.error_type, error.code, target)
-        yield DONE
+        yield _error_frame(wire, error, target)
     finally:
         await close_quietly(rest)
         reported = usage is not None
@@ -140,5 +108,6 @@ async def relay(
         )
 
 
-def _error_frame(message: str, type_: str, code: str | None, target: str) -> bytes:
-    return sse(error_body(f"The upstream stream from '{target}' failed: {message}", type=type_, code=code))
+def _error_frame(wire: Wire, exc: ProviderError, target: str) -> bytes:
+    message = f"The upstream stream from '{target}' failed: {exc.message}"
+    return wire.error_frame(message, exc.error_type, exc.code) + wire.done

@@ -83,7 +83,8 @@ class AutoscaleSpec(_Spec):
 class TargetSpec(_Spec):
     """One upstream: a provider kind, an upstream model, where it lives and what it costs."""
 
-    provider: Literal["openai", "azure", "anthropic", "selfhost"]
+    # local_embeddings: the bundled MiniLM sentence-embedding model, in process (no download).
+    provider: Literal["openai", "azure", "anthropic", "selfhost", "local_embeddings"]
     model: Name
     # openai only: "sdk" calls through the official SDK; "passthrough" forwards bytes over the
     # pooled aiohttp session (measured ~3x the throughput; same wire format and auth header).
@@ -103,6 +104,9 @@ class TargetSpec(_Spec):
     max_output_tokens: PosInt | None = None
     embedded: EmbeddedEngine | None = None
     autoscale: AutoscaleSpec | None = None  # selfhost targets served over HTTP only
+    # selfhost only: the protocols the server speaks (default: chat, completions, embeddings).
+    apis: list[Literal["openai.chat", "openai.completions", "openai.embeddings", "openai.responses",
+                       "anthropic.messages"]] | None = None
 
     def effective_pricing(self) -> Pricing:
         """Self-hosted targets are priced from GPU time so cost comparisons stay honest."""
@@ -181,6 +185,22 @@ class Range(_Spec):
         return (self.min is None or value >= self.min) and (self.max is None or value < self.max)
 
 
+class DifficultyMatch(Range):
+    """A raw score range (`min`/`max`), and/or the calibrated verdict (`hard: true|false`).
+
+    `hard` uses the threshold the gateway derived from the policy's `difficulty.hard_recall` or
+    `difficulty.frontier_share` (default: hard_recall 0.95) on the shipped calibration split, so a
+    route says what it wants ("the hard ones") instead of a number tied to one model version.
+    """
+
+    hard: bool | None = None
+
+    def matches(self, score: float, hard: bool | None) -> bool:
+        if self.hard is not None and hard is not self.hard:
+            return False
+        return self.contains(score)
+
+
 class RouteMatch(_Spec):
     """Every condition given must hold; an empty match matches everything."""
 
@@ -189,7 +209,7 @@ class RouteMatch(_Spec):
     tiers: list[Name] | None = None
     metadata: dict[str, str] = {}  # request `metadata` key → required value
     headers: dict[str, str] = {}  # request header (any case) → required value
-    difficulty: Range | None = None  # score in [0, 1]
+    difficulty: DifficultyMatch | None = None  # score in [0, 1], or {hard: true|false}
     prompt_tokens: Range | None = None  # estimated prompt tokens
     priority: list[Literal["interactive", "batch"]] | None = None
 
@@ -237,9 +257,31 @@ class DifficultyWeightsSpec(_Spec):
     bias: float | None = None
 
 
+class ShadowSpec(_Spec):
+    """A candidate scorer that scores the same traffic without deciding anything (its score is
+    reported next to the live one in `x-gateway-difficulty` and in the routing decision records)."""
+
+    scorer: Literal["learned", "heuristic"] = "learned"
+    model: str | None = None  # a model file from `hybrid-gateway router train` (default: the shipped one)
+
+
 class DifficultySpec(_Spec):
-    weights: DifficultyWeightsSpec = DifficultyWeightsSpec()
-    knn: bool = False  # blend in kNN over labelled examples embedded with the offline MiniLM model
+    """How `auto` (and routes matching on difficulty) judge a request.
+
+    Default: the learned scorer (MiniLM embedding + heuristic features, logistic regression,
+    shipped in gateway/router_data/model.npz), falling back to the heuristic when embeddings are
+    unavailable. `hard_recall` (share of hard prompts that must reach the frontier) or
+    `frontier_share` (share of all traffic allowed there) sets the threshold behind
+    `match: {difficulty: {hard: true}}`; at most one of them (neither: hard_recall 0.95).
+    """
+
+    scorer: Literal["learned", "heuristic"] = "learned"
+    model: str | None = None  # a model file from `hybrid-gateway router train` (default: the shipped one)
+    hard_recall: Annotated[float, Meta(gt=0, le=1)] | None = None
+    frontier_share: Annotated[float, Meta(gt=0, lt=1)] | None = None
+    shadow: ShadowSpec | None = None
+    weights: DifficultyWeightsSpec = DifficultyWeightsSpec()  # the heuristic scorer (and the fallback)
+    knn: bool = False  # the legacy heuristic + kNN blend (over built-in examples) instead of the learned scorer
     knn_weight: Annotated[float, Meta(ge=0, le=1)] = 0.5
     knn_k: PosInt = 5
 
@@ -283,6 +325,8 @@ class Policy(_Spec):
     def reference_errors(self) -> list[tuple[str, str]]:
         """Cross-references msgspec cannot check: (JSON path, message) for each dangling name."""
         errors: list[tuple[str, str]] = []
+        if self.difficulty.hard_recall is not None and self.difficulty.frontier_share is not None:
+            errors.append(("$.difficulty", "give hard_recall or frontier_share, not both"))
         for target_name, target in self.targets.items():
             if target.autoscale is not None and (target.provider != "selfhost" or target.embedded is not None):
                 errors.append((f"$.targets.{target_name}.autoscale",

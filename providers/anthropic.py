@@ -1,24 +1,19 @@
-"""Anthropic Messages API behind the gateway's OpenAI-shaped `Provider` protocol.
+"""Anthropic Messages API targets, through the official `anthropic` SDK.
 
-The gateway speaks OpenAI chat-completions end to end, so this module translates in both
-directions: an OpenAI request dict becomes a Messages API call (through the official `anthropic`
-SDK, so auth, versioning and SSE decoding stay Anthropic's business), and the answer comes back as
-OpenAI `chat.completion` bytes or `chat.completion.chunk` payloads. Every SDK failure is mapped to
-the taxonomy of `providers.base` here, once, so the executor never sees an `anthropic` exception.
-
-Translation is done by pure functions (`to_anthropic`, `completion_from_message`,
-`StreamTranslator`) so they can be tested and reused without a network.
+This provider speaks Anthropic's protocol only (`apis = {MESSAGES}`): a Messages body goes up
+verbatim (unknown fields in `extra_body`, as a direct SDK user would send them) and the response
+comes back as the upstream's bytes, the stream as its event payloads, relayed one for one.
+OpenAI-shaped callers reach it through `protocols/anthropic_chat.py` (see `providers/translated.py`).
+Every SDK failure is mapped to the taxonomy of `providers.base` here, once, including `error`
+events inside a 200 stream, so the executor never sees an `anthropic` exception.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import os
-import re
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anthropic
@@ -27,9 +22,11 @@ import msgspec
 from anthropic import AsyncAnthropic
 
 from policies.schema import TargetSpec
+from protocols.anthropic_messages import usage_of
+from protocols.api import Api
+from protocols.sse import sse_data
 from providers.base import (
     AuthFailed,
-    BadRequest,
     Completion,
     Health,
     ProviderError,
@@ -37,35 +34,12 @@ from providers.base import (
     Timeout,
     Timeouts,
     Unavailable,
-    Usage,
     error_from_status,
     parse_retry_after,
     sdk_kwargs,
 )
 
-__all__ = ["AnthropicProvider", "StreamTranslator", "completion_from_message", "to_anthropic"]
-
-DEFAULT_MAX_TOKENS = 4096
-DEFAULT_MIN_CACHE_CHARS = 4096  # ≈ 1024 tokens, the smallest prefix Anthropic will cache
-EPHEMERAL = {"type": "ephemeral"}
-
-# Anthropic stop reasons → OpenAI finish reasons (unknown future reasons read as "stop").
-FINISH_REASONS: dict[str | None, str] = {
-    "end_turn": "stop",
-    "stop_sequence": "stop",
-    "pause_turn": "stop",
-    "max_tokens": "length",
-    "model_context_window_exceeded": "length",
-    "tool_use": "tool_calls",
-    "refusal": "content_filter",
-}
-
-# OpenAI tool_choice strings → Anthropic tool_choice objects (a named function becomes "tool").
-TOOL_CHOICES: dict[str, dict[str, Any]] = {
-    "auto": {"type": "auto"},
-    "none": {"type": "none"},
-    "required": {"type": "any"},
-}
+__all__ = ["AnthropicProvider", "map_error"]
 
 # Anthropic error `type` → the HTTP status it is documented with. Needed for `error` events inside
 # a 200 stream, where the SDK's exception carries status 200 and only the body says what failed.
@@ -81,373 +55,22 @@ ERROR_TYPE_STATUS: dict[str, int] = {
     "overloaded_error": 529,
 }
 
-_DATA_URL = re.compile(r"^data:(?P<media>[^;,]+)(?P<params>(?:;[^;,]*)*),(?P<data>.*)$", re.DOTALL)
-# OpenAI roles that become turns; tool results travel in a user turn. System/developer go to `system`.
-_ROLE_FOR: dict[str, str] = {"user": "user", "assistant": "assistant", "tool": "user"}
-_JSON_INSTRUCTION = "Respond only with a single valid JSON object: no prose, no Markdown code fences."
+
+class _EventPeek(msgspec.Struct):
+    type: str = ""
+    error: dict[str, Any] | None = None
 
 
-# ---- request: OpenAI chat-completions → Anthropic Messages ---------------------------------------
-
-def _text_of(content: Any) -> str:
-    """Plain text of an OpenAI content value (string or list of text/refusal parts)."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    return "".join(part.get("text") or part.get("refusal") or "" for part in content if isinstance(part, dict))
+_event_decoder = msgspec.json.Decoder(_EventPeek)
 
 
-def _image_block(part: dict[str, Any]) -> dict[str, Any]:
-    image = part.get("image_url")
-    url = image.get("url") if isinstance(image, dict) else image
-    if not isinstance(url, str) or not url:
-        raise BadRequest("image_url part without a url")
-    if url.startswith(("http://", "https://")):
-        return {"type": "image", "source": {"type": "url", "url": url}}
-    match = _DATA_URL.match(url)
-    if match is None or ";base64" not in match["params"]:
-        raise BadRequest("image_url must be an http(s) URL or a base64 data: URL")
-    return {"type": "image", "source": {"type": "base64", "media_type": match["media"], "data": match["data"]}}
+def stream_error(error: dict[str, Any] | None, target: str) -> ProviderError:
+    """An `error` event inside a 200 stream: its type says what failed."""
+    error = error or {}
+    kind = str(error.get("type") or "api_error")
+    status = ERROR_TYPE_STATUS.get(kind, 500)
+    return error_from_status(status, f"anthropic {status} {kind}: {error.get('message') or 'stream error'}", target=target)
 
-
-def _file_block(part: dict[str, Any]) -> dict[str, Any]:
-    data = (part.get("file") or {}).get("file_data", "")
-    match = _DATA_URL.match(data) if isinstance(data, str) else None
-    if match is None or match["media"] != "application/pdf" or ";base64" not in match["params"]:
-        raise BadRequest("file parts must carry a base64 PDF data: URL (file ids are not supported)")
-    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": match["data"]}}
-
-
-_PART_TRANSLATORS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "text": lambda part: {"type": "text", "text": part.get("text", "")},
-    "refusal": lambda part: {"type": "text", "text": part.get("refusal", "")},
-    "image_url": _image_block,
-    "file": _file_block,
-}
-
-
-def _content_blocks(content: Any) -> list[dict[str, Any]]:
-    """OpenAI content → Anthropic blocks, dropping empty text (the API rejects empty text blocks)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [{"type": "text", "text": content}] if content else []
-    blocks = []
-    for part in content:
-        kind = part.get("type") if isinstance(part, dict) else None
-        translate = _PART_TRANSLATORS.get(kind or "")
-        if translate is None:
-            raise BadRequest(f"unsupported content part type {kind!r} for an Anthropic target")
-        block = translate(part)
-        if block["type"] != "text" or block["text"]:
-            blocks.append(block)
-    return blocks
-
-
-def _tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
-    function = call.get("function") or {}
-    arguments = function.get("arguments") or "{}"
-    try:
-        parsed = json.loads(arguments) if isinstance(arguments, str) else arguments
-    except ValueError as exc:
-        raise BadRequest(f"tool call {call.get('id')!r} has arguments that are not valid JSON") from exc
-    if not isinstance(parsed, dict):
-        raise BadRequest(f"tool call {call.get('id')!r} arguments must be a JSON object")
-    return {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": parsed}
-
-
-def _turn_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
-    role = message.get("role")
-    if role == "tool":
-        result: dict[str, Any] = {"type": "tool_result", "tool_use_id": message.get("tool_call_id", "")}
-        blocks = _content_blocks(message.get("content"))
-        if blocks:
-            result["content"] = blocks
-        return [result]
-    blocks = _content_blocks(message.get("content"))
-    if role == "assistant":
-        blocks += [_tool_use_block(call) for call in message.get("tool_calls") or []]
-    return blocks
-
-
-def _translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Split off system text and merge consecutive same-role turns, as the Messages API requires."""
-    system: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        role = message.get("role")
-        if role in ("system", "developer"):
-            text = _text_of(message.get("content"))
-            if text:
-                system.append({"type": "text", "text": text})
-            continue
-        if role not in _ROLE_FOR:
-            raise BadRequest(f"unsupported message role {role!r} for an Anthropic target")
-        blocks = _turn_blocks(message)
-        if not blocks:
-            continue  # e.g. an assistant turn with empty content and no tool calls
-        anthropic_role = _ROLE_FOR[role]
-        if turns and turns[-1]["role"] == anthropic_role:
-            turns[-1]["content"].extend(blocks)
-        else:
-            turns.append({"role": anthropic_role, "content": blocks})
-    return system, turns
-
-
-def _translate_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    translated = []
-    for tool in tools:
-        function = tool.get("function") if tool.get("type", "function") == "function" else None
-        if not isinstance(function, dict) or not function.get("name"):
-            raise BadRequest(f"only function tools are supported for an Anthropic target, got {tool.get('type')!r}")
-        entry = {
-            "name": function["name"],
-            "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
-        }
-        if function.get("description"):
-            entry["description"] = function["description"]
-        translated.append(entry)
-    return translated
-
-
-def _translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None:
-    if isinstance(choice, str):
-        translated = dict(TOOL_CHOICES.get(choice, TOOL_CHOICES["auto"]))
-    elif isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
-        translated = {"type": "tool", "name": choice["function"]["name"]}
-    elif choice is None and parallel_tool_calls is False:
-        translated = {"type": "auto"}
-    else:
-        return None
-    if parallel_tool_calls is False and translated["type"] != "none":
-        translated["disable_parallel_tool_use"] = True
-    return translated
-
-
-def _json_instruction(response_format: Any) -> str | None:
-    """Best effort for `response_format`: Anthropic has no JSON mode, so ask for it in the system prompt."""
-    kind = response_format.get("type") if isinstance(response_format, dict) else None
-    if kind == "json_object":
-        return _JSON_INSTRUCTION
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema")
-        if schema is None:
-            return _JSON_INSTRUCTION
-        return f"{_JSON_INSTRUCTION} The object must validate against this JSON Schema:\n{json.dumps(schema)}"
-    return None
-
-
-def _stop_sequences(stop: Any) -> list[str]:
-    values = [stop] if isinstance(stop, str) else list(stop or [])
-    return [s for s in values if isinstance(s, str) and s.strip()]  # whitespace-only ones are refused
-
-
-def to_anthropic(
-    body: dict[str, Any],
-    *,
-    default_max_tokens: int = DEFAULT_MAX_TOKENS,
-    cache_prefix: bool = False,
-    min_cache_chars: int = DEFAULT_MIN_CACHE_CHARS,
-) -> dict[str, Any]:
-    """Translate an OpenAI chat-completions body into Messages API keyword arguments.
-
-    Only the fields read here are sent; anything else in the body (penalties, seed, logit_bias,
-    vendor extensions, `stream_options`) is dropped, because Anthropic rejects unknown fields.
-
-    `cache_prefix` asks for `cache_control` breakpoints on the static prefix (last system block and
-    last tool) when that prefix is long enough to be cached at all. `stream` is not set here.
-    """
-    if int(body.get("n") or 1) != 1:
-        raise BadRequest("n > 1 is not supported by Anthropic targets")
-    system, messages = _translate_messages(list(body.get("messages") or []))
-    if not messages:
-        raise BadRequest("at least one user or assistant message is required")
-    instruction = _json_instruction(body.get("response_format"))
-    if instruction:
-        system.append({"type": "text", "text": instruction})
-    params: dict[str, Any] = {
-        "model": body["model"],
-        "messages": messages,
-        "max_tokens": int(body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens),
-    }
-    tools = _translate_tools(list(body.get("tools") or []))
-    if tools:
-        params["tools"] = tools
-        choice = _translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
-        if choice is not None:
-            params["tool_choice"] = choice
-    if system:
-        params["system"] = system
-    if body.get("temperature") is not None:
-        params["temperature"] = min(1.0, max(0.0, float(body["temperature"])))  # OpenAI allows up to 2
-    if body.get("top_p") is not None:
-        params["top_p"] = float(body["top_p"])
-    stops = _stop_sequences(body.get("stop"))
-    if stops:
-        params["stop_sequences"] = stops
-    if isinstance(body.get("user"), str) and body["user"]:
-        params["metadata"] = {"user_id": body["user"]}
-    if cache_prefix:
-        prefix_chars = sum(len(b["text"]) for b in system) + (len(json.dumps(tools)) if tools else 0)
-        if prefix_chars >= min_cache_chars:
-            for blocks in (system, tools):
-                if blocks:
-                    blocks[-1]["cache_control"] = dict(EPHEMERAL)
-    return params
-
-
-# ---- response: Anthropic Messages → OpenAI chat-completions ---------------------------------------
-
-def _usage(prompt: int, cache_read: int, cache_creation: int, output: int) -> tuple[Usage, dict[str, Any]]:
-    """Anthropic reports uncached, cache-read and cache-write input separately; OpenAI sums them."""
-    usage = Usage(prompt_tokens=prompt + cache_read + cache_creation, completion_tokens=output, cached_tokens=cache_read)
-    wire = {
-        "prompt_tokens": usage.prompt_tokens,
-        "completion_tokens": usage.completion_tokens,
-        "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
-    }
-    return usage, wire
-
-
-def _tool_call(block: Any) -> dict[str, Any]:
-    return {
-        "id": block.id,
-        "type": "function",
-        "function": {"name": block.name, "arguments": json.dumps(block.input, separators=(",", ":"))},
-    }
-
-
-def completion_from_message(message: anthropic.types.Message, *, created: int | None = None) -> Completion:
-    """A finished Anthropic message as an OpenAI `chat.completion` document (thinking is not exposed)."""
-    text = "".join(block.text for block in message.content if block.type == "text")
-    tool_calls = [_tool_call(block) for block in message.content if block.type == "tool_use"]
-    reply: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else ""), "refusal": None}
-    if tool_calls:
-        reply["tool_calls"] = tool_calls
-    u = message.usage
-    usage, wire_usage = _usage(u.input_tokens, u.cache_read_input_tokens or 0, u.cache_creation_input_tokens or 0, u.output_tokens)
-    document = {
-        "id": message.id,
-        "object": "chat.completion",
-        "created": created if created is not None else int(time.time()),
-        "model": message.model,
-        "choices": [
-            {"index": 0, "message": reply, "finish_reason": FINISH_REASONS.get(message.stop_reason, "stop"), "logprobs": None}
-        ],
-        "usage": wire_usage,
-    }
-    return Completion(body=msgspec.json.encode(document), usage=usage)
-
-
-class StreamTranslator:
-    """Turns raw Messages stream events into OpenAI chunk dicts; one instance per stream.
-
-    Tool calls are numbered by their order among tool calls (OpenAI's `index`), not by Anthropic's
-    content block index, which also counts text and thinking blocks.
-    """
-
-    def __init__(self, *, created: int | None = None) -> None:
-        self.created = created if created is not None else int(time.time())
-        self.id = ""
-        self.model = ""
-        self.finished = False
-        self.usage = Usage()
-        self._input = {"input_tokens": 0, "cache_read_input_tokens": 0, "cache_creation_input_tokens": 0}
-        self._output_tokens = 0
-        self._tool_index: dict[int, int] = {}  # content block index → OpenAI tool call index
-        self._tool_arguments: dict[int, str] = {}  # content block index → arguments sent so far
-        self._tool_initial_input: dict[int, Any] = {}
-        self._handlers: dict[str, Callable[[Any], list[dict[str, Any]]]] = {
-            "message_start": self._message_start,
-            "content_block_start": self._block_start,
-            "content_block_delta": self._block_delta,
-            "content_block_stop": self._block_stop,
-            "message_delta": self._message_delta,
-            "message_stop": self._message_stop,
-        }
-
-    def feed(self, event: Any) -> list[dict[str, Any]]:
-        handler = self._handlers.get(getattr(event, "type", ""))
-        return handler(event) if handler is not None else []  # ping and future events: nothing
-
-    def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}],
-        }
-
-    def _take_usage(self, usage: Any) -> None:
-        for key in self._input:
-            value = getattr(usage, key, None)
-            if value is not None:  # message_delta repeats cumulative counts; never add them up
-                self._input[key] = value
-        self._output_tokens = getattr(usage, "output_tokens", None) or self._output_tokens
-        self.usage, _ = _usage(
-            self._input["input_tokens"],
-            self._input["cache_read_input_tokens"],
-            self._input["cache_creation_input_tokens"],
-            self._output_tokens,
-        )
-
-    def _message_start(self, event: Any) -> list[dict[str, Any]]:
-        self.id, self.model = event.message.id, event.message.model
-        self._take_usage(event.message.usage)
-        return [self._chunk({"role": "assistant", "content": ""})]
-
-    def _block_start(self, event: Any) -> list[dict[str, Any]]:
-        block = event.content_block
-        if block.type == "text":
-            return [self._chunk({"content": block.text})] if block.text else []
-        if block.type != "tool_use":
-            return []  # thinking and server-tool blocks are not part of the OpenAI answer
-        index = self._tool_index[event.index] = len(self._tool_index)
-        self._tool_arguments[event.index] = ""
-        self._tool_initial_input[event.index] = block.input
-        call = {"index": index, "id": block.id, "type": "function", "function": {"name": block.name, "arguments": ""}}
-        return [self._chunk({"tool_calls": [call]})]
-
-    def _arguments_chunk(self, block_index: int, fragment: str) -> dict[str, Any]:
-        self._tool_arguments[block_index] += fragment
-        call = {"index": self._tool_index[block_index], "function": {"arguments": fragment}}
-        return self._chunk({"tool_calls": [call]})
-
-    def _block_delta(self, event: Any) -> list[dict[str, Any]]:
-        delta = event.delta
-        if delta.type == "text_delta" and delta.text:
-            return [self._chunk({"content": delta.text})]
-        if delta.type == "input_json_delta" and event.index in self._tool_index and delta.partial_json:
-            return [self._arguments_chunk(event.index, delta.partial_json)]
-        return []
-
-    def _block_stop(self, event: Any) -> list[dict[str, Any]]:
-        """A tool call that streamed no arguments still owes the caller a JSON object."""
-        if event.index not in self._tool_index or self._tool_arguments[event.index]:
-            return []
-        initial = self._tool_initial_input.get(event.index) or {}
-        return [self._arguments_chunk(event.index, json.dumps(initial, separators=(",", ":")))]
-
-    def _message_delta(self, event: Any) -> list[dict[str, Any]]:
-        self._take_usage(event.usage)
-        return [self._chunk({}, FINISH_REASONS.get(event.delta.stop_reason, "stop"))]
-
-    def _message_stop(self, event: Any) -> list[dict[str, Any]]:
-        self.finished = True
-        _, wire_usage = _usage(
-            self._input["input_tokens"],
-            self._input["cache_read_input_tokens"],
-            self._input["cache_creation_input_tokens"],
-            self._output_tokens,
-        )
-        return [{"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                 "choices": [], "usage": wire_usage}]
-
-
-# ---- errors ------------------------------------------------------------------------------------
 
 def map_error(exc: BaseException, target: str) -> ProviderError:
     """One place that knows the SDK's exceptions; everything else sees the taxonomy only."""
@@ -470,8 +93,6 @@ def map_error(exc: BaseException, target: str) -> ProviderError:
     return Unavailable(f"anthropic: unexpected {type(exc).__name__}: {exc}", target=target)
 
 
-# ---- the provider --------------------------------------------------------------------------------
-
 # Keyword arguments `messages.create` declares. SDK 2.x dropped `temperature`/`top_p` from its
 # signature (recent models ignore or refuse them); the wire protocol still carries them, so any
 # translated field the SDK does not declare travels in `extra_body` instead of raising TypeError.
@@ -482,6 +103,9 @@ def _sdk_timeout(timeouts: Timeouts, *, stream: bool) -> httpx2.Timeout:
     """Per-read timeout: a stream must show life within `first_token`; a plain call may take `total`."""
     read = min(timeouts.first_token, timeouts.total) if stream else timeouts.total
     return httpx2.Timeout(connect=timeouts.connect, read=read, write=read, pool=timeouts.connect)
+
+
+DEFAULT_MAX_TOKENS = 4096
 
 
 class AnthropicProvider:
@@ -496,12 +120,10 @@ class AnthropicProvider:
         name: str,
         spec: TargetSpec,
         http_client: httpx2.AsyncClient | None = None,
-        *,
-        min_cache_chars: int = DEFAULT_MIN_CACHE_CHARS,
     ) -> None:
         self.name = name
         self.spec = spec
-        self.min_cache_chars = min_cache_chars
+        self.apis = frozenset({Api.MESSAGES})
         self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         self._owns_client = http_client is None
         self._http = http_client or httpx2.AsyncClient(
@@ -525,70 +147,60 @@ class AnthropicProvider:
 
     def _params(self, request: ProviderRequest) -> dict[str, Any]:
         body = {**request.body, "model": request.body.get("model") or self.spec.model}
-        try:
-            return to_anthropic(
-                body,
-                default_max_tokens=self.spec.max_output_tokens or DEFAULT_MAX_TOKENS,
-                cache_prefix=request.prefix_key is not None,
-                min_cache_chars=self.min_cache_chars,
-            )
-        except BadRequest as exc:
-            exc.target = self.name
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BadRequest(f"request cannot be translated for Anthropic: {exc}", target=self.name) from exc
+        body.pop("stream", None)
+        if "max_tokens" not in body:
+            body["max_tokens"] = self.spec.max_output_tokens or DEFAULT_MAX_TOKENS
+        return sdk_kwargs(body, _SDK_PARAMS)
 
     async def complete(self, request: ProviderRequest) -> Completion:
         self._require_key()
         params = self._params(request)
         try:
             async with asyncio.timeout(request.timeouts.total):
-                message = await self._client.messages.create(
-                    **sdk_kwargs(params, _SDK_PARAMS), timeout=_sdk_timeout(request.timeouts, stream=False)
+                raw = await self._client.messages.with_raw_response.create(
+                    **params, timeout=_sdk_timeout(request.timeouts, stream=False),
+                    extra_headers=request.forward_headers or None,
                 )
+                body = await raw.read()
         except Exception as exc:
             raise map_error(exc, self.name) from exc
-        return completion_from_message(message)
+        return Completion(body=body, usage=usage_of(body))
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
-        """Opens the stream and reads through `message_start` before yielding, so a refused call
-        raises its taxonomy error before the first byte and the executor can fail over invisibly."""
+        """Yields the upstream's event payloads; an `error` event raises its taxonomy error, and
+        a stream that ends before `message_stop` raises `Unavailable` (never a silent cut)."""
         self._require_key()
         params = self._params(request)
         loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = started + request.timeouts.total
-        first_token_deadline = min(deadline, started + request.timeouts.first_token)
-        translator = StreamTranslator()
-        upstream: anthropic.AsyncStream[Any] | None = None
+        deadline = loop.time() + request.timeouts.total
+        context = self._client.messages.with_streaming_response.create(
+            **params, stream=True, timeout=_sdk_timeout(request.timeouts, stream=True),
+            extra_headers=request.forward_headers or None,
+        )
         try:
-            try:
-                async with asyncio.timeout_at(first_token_deadline):
-                    upstream = await self._client.messages.create(
-                        **sdk_kwargs(params, _SDK_PARAMS), stream=True, timeout=_sdk_timeout(request.timeouts, stream=True)
-                    )
-                    pending: list[dict[str, Any]] = []
-                    while not pending:  # up to and including message_start: nothing yielded yet
-                        pending = translator.feed(await anext(upstream))
-            except StopAsyncIteration:
-                raise Unavailable("anthropic: stream ended before message_start", target=self.name) from None
-            except Exception as exc:
-                raise map_error(exc, self.name) from exc
-            for chunk in pending:
-                yield msgspec.json.encode(chunk)
-            while not translator.finished:
+            async with asyncio.timeout_at(min(deadline, loop.time() + request.timeouts.first_token)):
+                response = await context.__aenter__()
+        except Exception as exc:
+            raise map_error(exc, self.name) from exc
+        try:
+            lines = (line.encode() + b"\n" async for line in response.iter_lines())
+            payloads = sse_data(lines)
+            finished = False
+            while not finished:
                 try:
                     async with asyncio.timeout_at(deadline):
-                        event = await anext(upstream)
+                        payload = await anext(payloads)
                 except StopAsyncIteration:
                     raise Unavailable("anthropic: stream ended before message_stop", target=self.name) from None
                 except Exception as exc:
                     raise map_error(exc, self.name) from exc
-                for chunk in translator.feed(event):
-                    yield msgspec.json.encode(chunk)
+                event = _event_decoder.decode(payload)
+                if event.type == "error":
+                    raise stream_error(event.error, self.name)
+                finished = event.type == "message_stop"
+                yield payload
         finally:
-            if upstream is not None:
-                await upstream.close()
+            await context.__aexit__(None, None, None)
 
     async def health(self) -> Health:
         """Cheap on purpose: probing the model would spend tokens; real failures trip the breaker."""

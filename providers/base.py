@@ -1,10 +1,11 @@
 """The one small contract every upstream provider implements, and the error taxonomy.
 
-The gateway speaks OpenAI's chat-completions wire format end to end. A provider receives an
-already validated OpenAI request body (a plain dict, so unknown fields survive for upstreams that
-understand them) and returns OpenAI-shaped bytes: a `chat.completion` JSON document, or a stream
-of `chat.completion.chunk` JSON payloads (the part after `data: `). Providers that speak another
-protocol (Anthropic) translate in both directions; OpenAI-compatible ones pass bytes through.
+A provider declares the protocols it speaks natively (`apis`). It receives an already validated
+request body in one of them (a plain dict, so unknown fields survive for upstreams that
+understand them; `ProviderRequest.api` says which) and returns that protocol's bytes: a response
+document, or a stream of JSON payloads (the part after `data: `). Translation between protocols
+is not a provider's business: `providers/translated.py` wraps a provider with a translator from
+`protocols/` when the caller speaks something the upstream does not.
 
 Errors are classified once, here, so the executor never inspects provider-specific exceptions:
 each class knows whether a retry may help and whether it is evidence that the target is unhealthy.
@@ -16,18 +17,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
+from protocols.api import Api
+from protocols.usage import Usage
 
-@dataclass(slots=True)
-class Usage:
-    """Token usage as OpenAI reports it; `cached_tokens` is the cached share of `prompt_tokens`."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+__all__ = ["Api", "Usage"]  # re-exported: providers speak in these terms
 
 
 @dataclass(slots=True)
@@ -41,7 +34,7 @@ class Timeouts:
 class ProviderRequest:
     """One call to one target.
 
-    `body` is the OpenAI chat-completions request with `model` already set to the upstream model.
+    `body` is the request in protocol `api` with `model` already set to the upstream model.
     For streams the gateway always asks upstreams for usage (`stream_options.include_usage`),
     because budgets must be settled with real numbers; it hides that chunk from callers that did
     not ask for it.
@@ -56,6 +49,9 @@ class ProviderRequest:
     prefix_key: str | None = None
     # The replica to send to, for a target with several endpoints (chosen by its balancer).
     endpoint: str | None = None
+    api: Api = Api.CHAT
+    # Caller headers a native upstream should see (e.g. `anthropic-beta`), already filtered.
+    forward_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def stream(self) -> bool:
@@ -64,7 +60,7 @@ class ProviderRequest:
 
 @dataclass(slots=True)
 class Completion:
-    """A finished, non-streamed answer: OpenAI `chat.completion` JSON bytes plus parsed usage."""
+    """A finished, non-streamed answer: the response document's bytes plus parsed usage."""
 
     body: bytes
     usage: Usage
@@ -81,17 +77,18 @@ class Provider(Protocol):
     """One upstream target. Implementations must be safe to share across concurrent requests."""
 
     name: str
+    apis: frozenset[Api]  # the protocols this upstream speaks natively
 
     async def complete(self, request: ProviderRequest) -> Completion:
         """Non-streamed call. Raises a `ProviderError` subclass on failure."""
         ...
 
     def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
-        """Streamed call yielding `chat.completion.chunk` JSON payloads, in order.
+        """Streamed call yielding the protocol's stream payloads (JSON, without SSE framing), in order.
 
         Must raise its `ProviderError` before yielding anything when the upstream refuses the
         call (status error, connect failure), so the executor can fail over invisibly. The final
-        payload carries `usage` (with `choices: []`), as OpenAI's `include_usage` does.
+        payload of an OpenAI stream carries `usage` (with `choices: []`), as `include_usage` does.
         """
         ...
 
@@ -100,6 +97,13 @@ class Provider(Protocol):
 
     async def aclose(self) -> None:
         ...
+
+
+@runtime_checkable
+class Placeable(Protocol):
+    """A provider with several replicas: it orders them for one request (affinity, load, health)."""
+
+    def placement(self, prefix_key: str | None, tokens: int) -> list[str]: ...
 
 
 class ProviderError(Exception):

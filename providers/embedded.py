@@ -17,8 +17,9 @@ from pathlib import Path
 import msgspec
 
 from policies.schema import TargetSpec
+from protocols.api import Api
+from protocols.usage import usage_of
 from providers.base import BadRequest, Completion, ContextTooLong, Health, ProviderError, ProviderRequest, Unavailable
-from providers.openai_wire import usage_of
 
 log = logging.getLogger("gateway.embedded")
 
@@ -28,6 +29,7 @@ class EmbeddedEngineProvider:
         assert spec.embedded is not None
         self.name = name
         self.spec = spec
+        self.apis = frozenset({Api.CHAT, Api.COMPLETIONS})
         self._cache_dir = Path(cache_dir)
         self._engine = None
         self._loading: asyncio.Task | None = None
@@ -75,11 +77,12 @@ class EmbeddedEngineProvider:
         return Unavailable(f"{type(exc).__name__}: {exc}", target=self.name)
 
     async def complete(self, request: ProviderRequest) -> Completion:
-        from selfhost_engine.openai_api import chat_completion
+        from selfhost_engine import openai_api
 
+        call = openai_api.chat_completion if request.api is Api.CHAT else openai_api.completion
         engine = await self._ready()
         try:
-            document = await chat_completion(engine, request.body, request_id=request.request_id, tenant=request.tenant)
+            document = await call(engine, request.body, request_id=request.request_id, tenant=request.tenant)
         except ProviderError:
             raise
         except Exception as exc:
@@ -88,11 +91,12 @@ class EmbeddedEngineProvider:
         return Completion(body=body, usage=usage_of(body))
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
-        from selfhost_engine.openai_api import chat_completion_stream
+        from selfhost_engine import openai_api
 
+        call = openai_api.chat_completion_stream if request.api is Api.CHAT else openai_api.completion_stream
         engine = await self._ready()
         try:
-            async for payload in chat_completion_stream(
+            async for payload in call(
                 engine, request.body, request_id=request.request_id, tenant=request.tenant
             ):
                 yield payload

@@ -21,15 +21,32 @@ import aiohttp
 import httpx2
 import msgspec
 import openai
-from openai.resources.chat.completions import AsyncCompletions
+from openai.resources.chat.completions import AsyncCompletions as AsyncChatCompletions
+from openai.resources.completions import AsyncCompletions
+from openai.resources.embeddings import AsyncEmbeddings
+from openai.resources.responses import AsyncResponses
 
 from policies.schema import TargetSpec
+from protocols.api import Api
+from protocols.sse import sse_data
+from protocols.usage import usage_of
 from providers.base import Completion, Health, ProviderError, ProviderRequest, Timeout, Unavailable, sdk_kwargs
-from providers.openai_wire import sse_data, status_error, usage_of
+from providers.upstream_errors import status_error
 
-_SDK_PARAMS = frozenset(inspect.signature(AsyncCompletions.create).parameters) - {
-    "self", "extra_headers", "extra_query", "extra_body", "timeout",
+
+def _params(create) -> frozenset[str]:
+    return frozenset(inspect.signature(create).parameters) - {"self", "extra_headers", "extra_query", "extra_body", "timeout"}
+
+
+# Each protocol: the SDK resource that speaks it, and the keyword arguments its `create` declares.
+_RESOURCES = {
+    Api.CHAT: (lambda client: client.chat.completions, _params(AsyncChatCompletions.create)),
+    Api.COMPLETIONS: (lambda client: client.completions, _params(AsyncCompletions.create)),
+    Api.EMBEDDINGS: (lambda client: client.embeddings, _params(AsyncEmbeddings.create)),
+    Api.RESPONSES: (lambda client: client.responses, _params(AsyncResponses.create)),
 }
+# Azure OpenAI serves the Responses API under another URL scheme and version; not offered there yet.
+_AZURE_APIS = frozenset({Api.CHAT, Api.COMPLETIONS, Api.EMBEDDINGS})
 
 
 def _map_error(exc: Exception, target: str) -> ProviderError:
@@ -46,6 +63,7 @@ class OpenAIProvider:
     ) -> None:
         self.name = name
         self.spec = spec
+        self.apis = _AZURE_APIS if spec.provider == "azure" else frozenset(_RESOURCES)
         self._forward = None
         if spec.transport == "passthrough" and spec.provider == "openai" and session is not None:
             from providers.selfhost import SelfHostProvider
@@ -63,22 +81,25 @@ class OpenAIProvider:
             self.client = openai.AsyncOpenAI(base_url=spec.base_url or "https://api.openai.com/v1", **common)
         self.has_key = bool(api_key)
 
-    def _kwargs(self, request: ProviderRequest) -> dict[str, Any]:
-        kwargs = sdk_kwargs(self._hinted(request).body, _SDK_PARAMS)
+    def _call(self, request: ProviderRequest):
+        """The SDK resource for the request's protocol, and the keyword arguments for its `create`."""
+        resource, known = _RESOURCES[request.api]
+        kwargs = sdk_kwargs(self._hinted(request).body, known)
         t = request.timeouts
         kwargs["timeout"] = httpx2.Timeout(t.total, connect=t.connect)
-        return kwargs
+        return resource(self.client), kwargs
 
     def _hinted(self, request: ProviderRequest) -> ProviderRequest:
-        if request.prefix_key and "prompt_cache_key" not in request.body:
+        if request.prefix_key and request.api in (Api.CHAT, Api.RESPONSES) and "prompt_cache_key" not in request.body:
             request.body = {**request.body, "prompt_cache_key": request.prefix_key}
         return request
 
     async def complete(self, request: ProviderRequest) -> Completion:
         if self._forward is not None:
             return await self._forward.complete(self._hinted(request))
+        resource, kwargs = self._call(request)
         try:
-            raw = await self.client.chat.completions.with_raw_response.create(**self._kwargs(request))
+            raw = await resource.with_raw_response.create(**kwargs)
             body = raw.content
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise _map_error(exc, self.name) from None
@@ -89,8 +110,9 @@ class OpenAIProvider:
             async for payload in self._forward.stream(self._hinted(request)):
                 yield payload
             return
+        resource, kwargs = self._call(request)
         try:
-            context = self.client.chat.completions.with_streaming_response.create(**self._kwargs(request))
+            context = resource.with_streaming_response.create(**kwargs)
             response = await context.__aenter__()
         except (openai.OpenAIError, httpx2.HTTPError) as exc:
             raise _map_error(exc, self.name) from None

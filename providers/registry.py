@@ -51,9 +51,7 @@ def _openai(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Pr
 def _anthropic(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
     from providers.anthropic import AnthropicProvider
 
-    # The pipeline sets `prefix_key` only for prefixes over the policy's prompt_cache_min_tokens,
-    # so the policy is the one threshold for cache_control breakpoints.
-    return AnthropicProvider(name, spec, clients.http, min_cache_chars=0)
+    return AnthropicProvider(name, spec, clients.http)
 
 
 def _selfhost(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
@@ -66,11 +64,18 @@ def _selfhost(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> 
     return SelfHostProvider(name, spec, clients.session, policy.balancing)
 
 
+def _local_embeddings(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
+    from providers.local_embeddings import LocalEmbeddingsProvider
+
+    return LocalEmbeddingsProvider(name, spec)
+
+
 FACTORIES: dict[str, Factory] = {
     "openai": _openai,
     "azure": _openai,
     "anthropic": _anthropic,
     "selfhost": _selfhost,
+    "local_embeddings": _local_embeddings,
 }
 
 

@@ -16,12 +16,16 @@ from collections.abc import AsyncIterator
 import aiohttp
 import msgspec
 
-from gateway.balancer import Balancer
 from policies.schema import BalancerSpec, TargetSpec
+from protocols.api import PATHS, Api
+from protocols.sse import sse_data
+from protocols.usage import usage_of
+from providers.balancer import Balancer
 from providers.base import Completion, Health, ProviderError, ProviderRequest, Timeout, Unavailable
-from providers.openai_wire import sse_data, status_error, usage_of
+from providers.upstream_errors import status_error
 
 _encode = msgspec.json.encode
+DEFAULT_APIS = frozenset({Api.CHAT, Api.COMPLETIONS, Api.EMBEDDINGS})
 
 
 class SelfHostProvider:
@@ -32,6 +36,9 @@ class SelfHostProvider:
     ) -> None:
         self.name = name
         self.spec = spec
+        # OpenAI-compatible servers (the bundled engine, vLLM, SGLang) speak these; a policy may
+        # narrow or widen the list with `apis`.
+        self.apis = frozenset(Api(a) for a in spec.apis) if spec.apis else DEFAULT_APIS
         self.endpoints = [e.rstrip("/") for e in (spec.endpoints or ([spec.base_url] if spec.base_url else []))]
         if not self.endpoints:
             raise ValueError(f"target {name!r}: a selfhost target needs base_url or endpoints")
@@ -100,7 +107,7 @@ class SelfHostProvider:
     async def _complete(self, request: ProviderRequest) -> Completion:
         try:
             async with self._session.post(
-                self._url(request, "/chat/completions"),
+                self._url(request, PATHS[request.api]),
                 data=_encode(request.body),
                 headers=self._headers,
                 timeout=self._timeout(request),
@@ -129,7 +136,7 @@ class SelfHostProvider:
     async def _stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
         try:
             response = await self._session.post(
-                self._url(request, "/chat/completions"),
+                self._url(request, PATHS[request.api]),
                 data=_encode(request.body),
                 headers=self._headers,
                 timeout=self._timeout(request),

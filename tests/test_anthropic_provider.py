@@ -21,7 +21,10 @@ import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from policies.schema import TargetSpec
+from protocols.anthropic_chat import DEFAULT_MAX_TOKENS, DEFAULT_MIN_CACHE_CHARS
+from protocols.translate import ChatToMessages, Hints
 from providers.anthropic import AnthropicProvider
+from providers.translated import Translated
 from providers.base import (
     AuthFailed,
     BadRequest,
@@ -62,6 +65,14 @@ def stub(stub_server: tuple[str, StubController]) -> StubController:
     return stub_server[1]
 
 
+def chat_provider(name: str, spec: TargetSpec, *, min_cache_chars: int = DEFAULT_MIN_CACHE_CHARS,
+                  http_client: httpx2.AsyncClient | None = None) -> Translated:
+    """An Anthropic target as an OpenAI chat caller reaches it: through the translator (as the
+    router builds it for a chat request), so these tests cover translation and the SDK call."""
+    hints = Hints(default_max_tokens=spec.max_output_tokens or DEFAULT_MAX_TOKENS, min_cache_chars=min_cache_chars)
+    return Translated(AnthropicProvider(name, spec, http_client), ChatToMessages(), hints)
+
+
 def make_spec(base_url: str, **overrides: Any) -> TargetSpec:
     fields: dict[str, Any] = {
         "provider": "anthropic",
@@ -77,9 +88,9 @@ def make_spec(base_url: str, **overrides: Any) -> TargetSpec:
 @pytest.fixture
 async def provider(stub_server: tuple[str, StubController], stub: StubController, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[AnthropicProvider]:
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    instance = AnthropicProvider("anthropic-main", make_spec(stub_server[0]))
+    instance = chat_provider("anthropic-main", make_spec(stub_server[0]))
     yield instance
-    await instance.aclose()
+    await instance.inner.aclose()
 
 
 def chat(messages: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
@@ -159,11 +170,11 @@ async def test_sampling_fields_translate_and_unknown_fields_are_dropped(
 async def test_max_tokens_defaults_to_target_limit(stub_server: tuple[str, StubController], stub: StubController,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    limited = AnthropicProvider("anthropic-small", make_spec(stub_server[0], max_output_tokens=777))
+    limited = chat_provider("anthropic-small", make_spec(stub_server[0], max_output_tokens=777))
     try:
         await complete(limited, chat([{"role": "user", "content": "Hi"}]))
     finally:
-        await limited.aclose()
+        await limited.inner.aclose()
     assert stub.last_body["max_tokens"] == 777
 
 
@@ -431,12 +442,12 @@ async def test_stream_refusal_raises_before_anything_is_yielded(provider: Anthro
 async def test_wrong_api_key_is_auth_failed(stub_server: tuple[str, StubController], stub: StubController,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-ant-wrong")
-    wrong = AnthropicProvider("anthropic-wrong", make_spec(stub_server[0]))
+    wrong = chat_provider("anthropic-wrong", make_spec(stub_server[0]))
     try:
         with pytest.raises(AuthFailed):
             await wrong.complete(request(chat([{"role": "user", "content": "Hi"}])))
     finally:
-        await wrong.aclose()
+        await wrong.inner.aclose()
     assert stub.requests[-1].path == "/v1/messages"
 
 
@@ -449,7 +460,7 @@ def _free_port() -> int:
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_connection_refused_is_unavailable(monkeypatch: pytest.MonkeyPatch, streamed: bool) -> None:
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    dead = AnthropicProvider("anthropic-dead", make_spec(f"http://127.0.0.1:{_free_port()}"))
+    dead = chat_provider("anthropic-dead", make_spec(f"http://127.0.0.1:{_free_port()}"))
     try:
         with pytest.raises(Unavailable):
             if streamed:
@@ -457,7 +468,7 @@ async def test_connection_refused_is_unavailable(monkeypatch: pytest.MonkeyPatch
             else:
                 await dead.complete(request(chat([{"role": "user", "content": "Hi"}])))
     finally:
-        await dead.aclose()
+        await dead.inner.aclose()
 
 
 @pytest.mark.parametrize(("error_type", "expected"), [("overloaded_error", Unavailable), ("api_error", Unavailable),
@@ -554,12 +565,12 @@ async def test_cache_control_is_omitted(provider: AnthropicProvider, stub: StubC
 async def test_cache_threshold_is_configurable(stub_server: tuple[str, StubController], stub: StubController,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    eager = AnthropicProvider("anthropic-eager", make_spec(stub_server[0]), min_cache_chars=10)
+    eager = chat_provider("anthropic-eager", make_spec(stub_server[0]), min_cache_chars=10)
     try:
         await eager.complete(request(chat([{"role": "system", "content": "Short system prompt."},
                                            {"role": "user", "content": "q"}]), prefix_key="pfx-3"))
     finally:
-        await eager.aclose()
+        await eager.inner.aclose()
     assert stub.last_body["system"][-1]["cache_control"] == {"type": "ephemeral"}
 
 
@@ -568,20 +579,20 @@ async def test_cache_threshold_is_configurable(stub_server: tuple[str, StubContr
 async def test_provider_protocol_health_and_missing_key(stub_server: tuple[str, StubController], stub: StubController,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, API_KEY)
-    configured = AnthropicProvider("anthropic-ok", make_spec(stub_server[0]))
+    configured = chat_provider("anthropic-ok", make_spec(stub_server[0]))
     assert isinstance(configured, Provider)
     assert (await configured.health()).ok
-    await configured.aclose()
+    await configured.inner.aclose()
 
     monkeypatch.delenv(KEY_ENV)
-    unconfigured = AnthropicProvider("anthropic-nokey", make_spec(stub_server[0]))
+    unconfigured = chat_provider("anthropic-nokey", make_spec(stub_server[0]))
     health = await unconfigured.health()
     assert not health.ok and KEY_ENV in health.detail
     with pytest.raises(AuthFailed):
         await unconfigured.complete(request(chat([{"role": "user", "content": "Hi"}])))
     with pytest.raises(AuthFailed):
         await anext(unconfigured.stream(request(chat([{"role": "user", "content": "Hi"}], stream=True))))
-    await unconfigured.aclose()
+    await unconfigured.inner.aclose()
     assert stub.call_count == 0  # health and refusals spent nothing upstream
 
 
@@ -589,15 +600,15 @@ async def test_shared_http_client_is_left_open(stub_server: tuple[str, StubContr
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KEY_ENV, API_KEY)
     async with httpx2.AsyncClient() as shared:
-        first = AnthropicProvider("a", make_spec(stub_server[0]), http_client=shared)
-        second = AnthropicProvider("b", make_spec(stub_server[0]), http_client=shared)
+        first = chat_provider("a", make_spec(stub_server[0]), http_client=shared)
+        second = chat_provider("b", make_spec(stub_server[0]), http_client=shared)
         results = await asyncio.gather(*[
             p.complete(request(chat([{"role": "user", "content": f"hello {i}"}]))) for i, p in enumerate([first, second] * 3)
         ])
-        await first.aclose()
+        await first.inner.aclose()
         assert not shared.is_closed
         await second.complete(request(chat([{"role": "user", "content": "still works"}])))
-        await second.aclose()
+        await second.inner.aclose()
     assert sorted(json.loads(r.body)["choices"][0]["message"]["content"] for r in results)[0] == "hello 0"
 
 

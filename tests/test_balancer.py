@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from gateway.balancer import Balancer, endpoint_root
+from providers.balancer import Balancer, endpoint_root
 
 
 class EngineStub:

@@ -21,7 +21,8 @@ from openai.lib.streaming.chat import ChatCompletionStreamState
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from cache.prefix import prefix_fingerprint, prompt_cache_key
-from cache.response import CacheStatus, ResponseCache, canonical_json, replay_chunks, savings
+from cache.response import CacheStatus, ResponseCache, canonical_json, savings
+from protocols.openai_chat import replay_chunks
 from cache.store import MemoryStore, RedisStore, Store
 from policies.schema import CacheSpec, Pricing, SemanticCacheSpec
 from providers.base import Usage

@@ -148,7 +148,7 @@ def test_streamed_answers_are_cached_and_cut_streams_are_not(gw, upstream):
 
 
 def test_assembled_stream_round_trips_through_replay():
-    from cache.response import assemble_completion, replay_chunks
+    from protocols.openai_chat import assemble_completion, replay_chunks
 
     completion = {
         "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",

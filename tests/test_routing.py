@@ -15,6 +15,7 @@ import pytest
 
 from gateway.auth import Principal, hash_key
 from gateway.router import Router
+from protocols.api import Api
 from policies.loader import load_policy, parse_policy
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess
@@ -89,9 +90,15 @@ def call(gw, key, model, messages=EASY, **kwargs):
     return client.chat.completions.with_raw_response.create(model=model, messages=messages, **kwargs)
 
 
+class Upstream:
+    """Stands for any target: the router only reads which protocols it speaks (it never calls)."""
+
+    apis = frozenset(Api)
+
+
 def test_shipped_routing_example_routes_as_documented():
     policy = load_policy(ROOT / "policies" / "examples" / "routing.yaml")
-    router = Router(policy, {name: None for name in policy.targets}, rng=random.Random(1))  # type: ignore[misc]
+    router = Router(policy, {name: Upstream() for name in policy.targets}, rng=random.Random(1))
     acme = Principal("acme", policy.tenants["acme"], "")
     batch = Principal("nightly-batch", policy.tenants["nightly-batch"], "")
 
@@ -110,7 +117,7 @@ def test_shipped_routing_example_routes_as_documented():
 
 def test_canary_weights_converge_to_their_ratio():
     policy = parse_policy(routing_policy({n: "http://127.0.0.1:1/v1" for n in ("frontier", "canary", "managed", "local")}))
-    router = Router(policy, {name: None for name in policy.targets}, rng=random.Random(7))  # type: ignore[misc]
+    router = Router(policy, {name: Upstream() for name in policy.targets}, rng=random.Random(7))
     acme = Principal("acme", policy.tenants["acme"], "")
     picks = Counter(asyncio.run(router.plan("frontier", acme, {"messages": EASY}, {}, 5)).candidates[0].name
                     for _ in range(4000))

@@ -13,6 +13,12 @@ async def list_models(request: Request) -> dict:
     return gateway.list_models(request.headers)
 
 
+@get("/v1/models/{model:path}")
+async def retrieve_model(request: Request, model: str) -> dict:
+    gateway: Gateway = request.app.state.gateway
+    return gateway.retrieve_model(model.lstrip("/"), request.headers)
+
+
 @get("/metrics")
 async def metrics(request: Request) -> Response:
     """Prometheus exposition of the gateway's OpenTelemetry metrics."""

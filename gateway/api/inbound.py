@@ -1,0 +1,150 @@
+"""The inference endpoints as raw ASGI handlers: read the body, hand it with its protocol to the
+pipeline, write the reply. One handler shape for every protocol.
+
+The gateway only moves bytes here (the pipeline decides, providers forward), so Litestar's
+per-request Request/Response layers would be pure overhead. Two things only this layer can do:
+errors leave in the caller's protocol, and a caller that hangs up is noticed (ASGI servers drop
+writes to a closed connection silently, so the handler watches `receive()` for
+`http.disconnect`) and the request is cancelled, which closes the upstream call and settles
+what was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from litestar import asgi
+from litestar.types import Receive, Scope, Send
+
+from gateway.pipeline import Gateway, Reply
+from protocols.api import Api
+from protocols.errors import GatewayError, body_for
+
+log = logging.getLogger("gateway")
+
+_JSON = (b"content-type", b"application/json")
+_SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+
+
+def _headers(extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+
+
+async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    headers = {"x-gateway-target": "none", **headers}  # every reply says what served it
+    await send({"type": "http.response.start", "status": status,
+                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *_headers(headers)]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _read_body(receive: Receive, ceiling: int) -> bytes:
+    """The whole body, refused as soon as it grows past `ceiling` (whatever was declared)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionAbortedError
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > ceiling:
+            raise GatewayError(413, "Request body too large.", code="request_too_large")
+        chunks.append(chunk)
+        if not message.get("more_body"):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the caller hangs up (the body has been read, so nothing else arrives)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _cancel_on_disconnect(receive: Receive, work: asyncio.Task) -> bool:
+    """Run `work` until done or until the caller hangs up (then cancel it). True if it hung up."""
+    watcher = asyncio.ensure_future(_disconnected(receive))
+    try:
+        await asyncio.wait([work, watcher], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if work.done():
+        return False
+    work.cancel()
+    try:
+        await work
+    except BaseException:
+        pass
+    return True
+
+
+async def _send_stream(send: Send, reply: Reply) -> None:
+    frames: AsyncIterator[bytes] = reply.stream
+    # Start the relay before anything can fail: once started, closing it always settles.
+    first = await anext(frames)
+    await send({"type": "http.response.start", "status": reply.status, "headers": [*_SSE, *_headers(reply.headers)]})
+    await send({"type": "http.response.body", "body": first, "more_body": True})
+    async for frame in frames:
+        await send({"type": "http.response.body", "body": frame, "more_body": True})
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def endpoint(path: str, api: Api):
+    """A POST endpoint speaking `api`."""
+
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            await _send_json(send, 405, body_for(api, 405, "Method not allowed for this path.", code="method_not_allowed"),
+                             {"allow": "POST"})
+            return
+        app = scope["app"]
+        gateway: Gateway = app.state.gateway
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            declared = int(headers.get("content-length") or 0)
+            ceiling = app.state.settings.body_ceiling_bytes
+            if declared > ceiling:
+                raise GatewayError(413, "Request body too large.", code="request_too_large")
+            async with asyncio.timeout(app.state.settings.body_read_timeout):
+                raw = await _read_body(receive, ceiling)
+        except GatewayError as exc:
+            await _send_json(send, exc.status, exc.body(api), exc.headers)
+            return
+        except ConnectionAbortedError:
+            return
+        except TimeoutError:
+            await _send_json(send, 408, body_for(api, 408, "The request body did not arrive in time.",
+                                                 code="request_timeout"), {"connection": "close"})
+            return
+        except ValueError:
+            await _send_json(send, 400, body_for(api, 400, "Invalid Content-Length header.", code="invalid_request"), {})
+            return
+        work = asyncio.ensure_future(gateway.handle(api, raw, headers))
+        if await _cancel_on_disconnect(receive, work):
+            return
+        try:
+            reply = work.result()
+        except GatewayError as exc:
+            await _send_json(send, exc.status, exc.body(api), exc.headers)
+            return
+        if reply.stream is None:
+            await _send_json(send, reply.status, reply.body, reply.headers)
+            return
+        sender = asyncio.ensure_future(_send_stream(send, reply))
+        try:
+            if not await _cancel_on_disconnect(receive, sender):
+                sender.result()
+        except OSError as exc:  # the client went away: closing the relay cancels the upstream and settles
+            log.debug("client disconnected mid-stream: %s", exc)
+        finally:
+            await reply.stream.aclose()
+
+    return asgi(path, is_mount=False, copy_scope=False)(handler)
+
+
+chat_completions = endpoint("/v1/chat/completions", Api.CHAT)
+completions = endpoint("/v1/completions", Api.COMPLETIONS)
+embeddings = endpoint("/v1/embeddings", Api.EMBEDDINGS)
+
+INFERENCE_ROUTES = [chat_completions, completions, embeddings]

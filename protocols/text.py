@@ -1,0 +1,118 @@
+"""Text extraction from message content, and the one token estimator.
+
+Every protocol's messages carry content as a string or a list of typed parts; only parts with a
+`text` field carry words. Difficulty scoring, the semantic cache, admission, prefix fingerprints
+and the engine's prompt building all read text through these functions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+CHARS_PER_TOKEN = 4
+TOKENS_PER_MESSAGE = 4
+TOKENS_PER_IMAGE = 768
+_IMAGE_PARTS = frozenset({"image_url", "image", "input_image"})
+
+
+def text_of(content: Any, *, strict: bool = False, sep: str = "\n") -> str | None:
+    """The text of a message's content.
+
+    Lenient (default): text parts joined with `sep`, other parts ignored, "" for anything else.
+    Strict: None as soon as a part is not text (an image changes the question), or the content
+    is neither a string nor a list.
+    """
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts: list[str] = []
+        for part in content:
+            text = part.get("text") if isinstance(part, Mapping) else None
+            if isinstance(text, str) and (not strict or part.get("type") in ("text", "input_text", "output_text")):
+                texts.append(text)
+            elif strict:
+                return None
+        return sep.join(texts)
+    return None if strict else ""
+
+
+def last_user_text(messages: Any, *, strict: bool = False) -> str | None:
+    """Text of the last user message (None when there is none, or, strict, when it is not text)."""
+    if not isinstance(messages, list):
+        return None
+    for message in reversed(messages):
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return text_of(message.get("content"), strict=strict)
+    return None
+
+
+def conversation_text(messages: Any) -> tuple[str, str, int]:
+    """(all message text, last user message text, number of user/assistant turns)."""
+    texts: list[str] = []
+    last_user = ""
+    turns = 0
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, Mapping):
+            continue
+        text = text_of(message.get("content")) or ""
+        texts.append(text)
+        role = message.get("role")
+        turns += role in ("user", "assistant")
+        if role == "user":
+            last_user = text
+    return "\n".join(texts), last_user, turns
+
+
+def estimate_tokens(value: Any) -> int:
+    """About four characters a token, over every string in a JSON value; images count a flat rate.
+
+    An estimate sizes reservations and rejects the absurd; budgets settle on reported usage.
+    """
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return (len(value) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+    if isinstance(value, Mapping):
+        if value.get("type") in _IMAGE_PARTS:
+            return TOKENS_PER_IMAGE
+        if isinstance(value.get("text"), str):  # a text part: its text, not its framing
+            return estimate_tokens(value["text"])
+        return sum(estimate_tokens(v) for v in value.values())
+    if isinstance(value, list):
+        return sum(estimate_tokens(v) for v in value)
+    if isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return 1  # a token id
+    return (len(str(value)) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def estimate_messages_tokens(messages: Sequence[Any], *extra: Any) -> int:
+    """A chat-shaped prompt: per-message framing plus the content (and tools, system, ...)."""
+    return 3 + sum(TOKENS_PER_MESSAGE + estimate_tokens(m) for m in messages) + sum(estimate_tokens(x) for x in extra)
+
+
+def text_chars(value: Any) -> int:
+    """Characters of the text a prompt is made of (strings inside the structure, not JSON syntax)."""
+    if isinstance(value, str):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(text_chars(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(text_chars(v) for v in value)
+    return 0
+
+
+def static_prefix(messages: Any) -> list[Any]:
+    """The messages before the last user turn (all but the last message when there is no user turn).
+
+    What repeats across the turns of one conversation and across requests sharing a system prompt.
+    """
+    if not isinstance(messages, list) or not messages:
+        return []
+    for i in range(len(messages) - 1, -1, -1):
+        message = messages[i]
+        if isinstance(message, Mapping) and message.get("role") == "user":
+            return messages[:i]
+    return messages[:-1]

@@ -1,0 +1,98 @@
+"""Translators between protocols: how a request in the caller's protocol reaches an upstream that
+speaks another, and how its answer (body or stream) comes back.
+
+Only used when the target does not speak the caller's protocol natively; otherwise the body and
+the stream are relayed verbatim (see `Provider.apis`). A translator works on plain JSON values
+and bytes; raising `Untranslatable` means "refuse with a 400", never a 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+
+from protocols import anthropic_chat
+from protocols.api import Api
+from protocols.errors import Untranslatable
+from protocols.usage import Usage
+
+
+@dataclass(slots=True)
+class Hints:
+    """What a translator may use besides the body (from the target and the pipeline)."""
+
+    default_max_tokens: int = anthropic_chat.DEFAULT_MAX_TOKENS
+    cache_prefix: bool = False
+    min_cache_chars: int = anthropic_chat.DEFAULT_MIN_CACHE_CHARS
+
+
+class UpstreamStreamError(Exception):
+    """An in-band error event inside an upstream stream (the provider maps it to its taxonomy)."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+        super().__init__(error.get("message") or "upstream stream error")
+        self.kind = error.get("type") or "api_error"
+        self.message = str(self)
+
+
+class Translator(Protocol):
+    source: Api
+    target: Api
+
+    def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]: ...
+
+    def response(self, body: bytes) -> tuple[bytes, Usage]: ...
+
+    def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]: ...
+
+
+class ChatToMessages:
+    """OpenAI Chat Completions callers on an Anthropic Messages upstream."""
+
+    source = Api.CHAT
+    target = Api.MESSAGES
+
+    def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
+        try:
+            params = anthropic_chat.to_anthropic(body, default_max_tokens=hints.default_max_tokens,
+                                                 cache_prefix=hints.cache_prefix, min_cache_chars=hints.min_cache_chars)
+        except Untranslatable:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Untranslatable(f"request cannot be translated for Anthropic: {exc}") from exc
+        if body.get("stream"):
+            params["stream"] = True
+        return params
+
+    def response(self, body: bytes) -> tuple[bytes, Usage]:
+        document, usage = anthropic_chat.completion_from_message(msgspec.json.decode(body))
+        return msgspec.json.encode(document), usage
+
+    async def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        translator = anthropic_chat.StreamTranslator()
+        async for payload in payloads:
+            event = msgspec.json.decode(payload)
+            if event.get("type") == "error":
+                raise UpstreamStreamError(event)
+            for chunk in translator.feed(event):
+                yield msgspec.json.encode(chunk)
+        if not translator.finished:
+            raise EOFError("the upstream stream ended before message_stop")
+
+
+TRANSLATORS: dict[tuple[Api, Api], Callable[[], Translator]] = {
+    (Api.CHAT, Api.MESSAGES): ChatToMessages,
+}
+
+
+def find(source: Api, targets: frozenset[Api]) -> Translator | None:
+    """A translator from `source` to one of `targets` (the protocols an upstream speaks), or None."""
+    for target in sorted(targets):
+        factory = TRANSLATORS.get((source, target))
+        if factory is not None:
+            return factory()
+    return None

@@ -1,0 +1,64 @@
+"""Token usage, and cheap peeks at the usage an upstream reports.
+
+Bodies are passed through as bytes; only the few fields the gateway needs are decoded, with
+msgspec structs that skip everything else, so the hot path never builds objects for content it
+does not look at.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+
+
+@dataclass(slots=True)
+class Usage:
+    """Token usage as OpenAI reports it; `cached_tokens` is the cached share of `prompt_tokens`.
+
+    `cache_write_tokens` is the share of `prompt_tokens` written to a provider-side prompt cache
+    (Anthropic's `cache_creation_input_tokens`), priced at its own rate.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class _PromptDetails(msgspec.Struct):
+    cached_tokens: int | None = None
+
+
+class UsagePeek(msgspec.Struct):
+    """OpenAI's `usage` object (chat, completions and embeddings share it)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+class _BodyPeek(msgspec.Struct):
+    usage: UsagePeek | None = None
+
+
+_body_decoder = msgspec.json.Decoder(_BodyPeek)
+
+
+def to_usage(peek: UsagePeek | None) -> Usage | None:
+    if peek is None:
+        return None
+    cached = peek.prompt_tokens_details.cached_tokens if peek.prompt_tokens_details else None
+    return Usage(peek.prompt_tokens, peek.completion_tokens, cached or 0)
+
+
+def usage_of(body: bytes) -> Usage:
+    """Usage of an OpenAI response body; zeros when the upstream did not report it."""
+    try:
+        return to_usage(_body_decoder.decode(body).usage) or Usage()
+    except msgspec.DecodeError:
+        return Usage()

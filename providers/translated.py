@@ -1,0 +1,81 @@
+"""A provider seen through a translator: callers speak one protocol, the upstream another.
+
+The pipeline (through the router's candidates) asks `speaking(provider, api)` for a provider that
+speaks the caller's protocol: the provider itself when it speaks it natively (verbatim relay, so
+nothing the caller sent is lost), else this adapter around a translator from `protocols/`, else
+None (the target cannot serve that protocol at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from protocols import translate
+from protocols.api import Api
+from protocols.errors import Untranslatable
+from protocols.translate import Hints, Translator, UpstreamStreamError
+from providers.base import BadRequest, Completion, Health, Provider, ProviderError, ProviderRequest, Unavailable
+
+
+class Translated:
+    """Speaks `translator.source` to the caller and `translator.target` to `inner`."""
+
+    def __init__(self, inner: Provider, translator: Translator, hints: Hints) -> None:
+        self.inner = inner
+        self.translator = translator
+        self.hints = hints
+        self.name = inner.name
+        self.spec = getattr(inner, "spec", None)
+        self.apis = frozenset({translator.source})
+
+    def _request(self, request: ProviderRequest) -> ProviderRequest:
+        hints = replace(self.hints, cache_prefix=request.prefix_key is not None)
+        try:
+            body = self.translator.request(request.body, hints)
+        except Untranslatable as exc:
+            raise BadRequest(str(exc), target=self.name) from None
+        return replace(request, body=body, api=self.translator.target)
+
+    async def complete(self, request: ProviderRequest) -> Completion:
+        completion = await self.inner.complete(self._request(request))
+        try:
+            body, usage = self.translator.response(completion.body)
+        except Exception as exc:  # a body we cannot read is the upstream's fault: fail over
+            raise Unavailable(f"unreadable upstream answer: {type(exc).__name__}: {exc}", target=self.name) from None
+        return Completion(body=body, usage=usage)
+
+    async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
+        upstream = self.inner.stream(self._request(request))
+        translated = self.translator.stream(upstream)
+        try:
+            async for payload in translated:
+                yield payload
+        except ProviderError:
+            raise
+        except UpstreamStreamError as exc:
+            raise Unavailable(f"upstream stream error ({exc.kind}): {exc.message}", target=self.name) from None
+        except (EOFError, ValueError) as exc:
+            raise Unavailable(f"upstream stream broke: {exc}", target=self.name) from None
+        finally:
+            await translated.aclose()
+            await upstream.aclose()
+
+    async def health(self) -> Health:
+        return await self.inner.health()
+
+    async def aclose(self) -> None:
+        """The inner provider belongs to the registry, which closes it."""
+
+    def __getattr__(self, name: str):  # placement, load, start: the inner provider's
+        return getattr(self.inner, name)
+
+
+def speaking(provider: Provider, api: Api, hints: Hints | None = None) -> Provider | None:
+    """`provider` itself if it speaks `api`, a translating view if one exists, else None."""
+    if api in provider.apis:
+        return provider
+    translator = translate.find(api, provider.apis)
+    if translator is None:
+        return None
+    return Translated(provider, translator, hints or Hints())
