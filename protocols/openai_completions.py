@@ -22,7 +22,8 @@ from protocols.wire import Inbound, Peek, convert, decode_json
 DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for this endpoint
 
 TokenIds = list[Annotated[int, Meta(ge=0)]]
-Prompt = str | list[str] | TokenIds | list[TokenIds]
+# msgspec allows one array type per union: list items are checked for a single kind in `prompts`.
+Prompt = str | list[str | Annotated[int, Meta(ge=0)] | TokenIds]
 
 
 class StreamOptions(Struct, kw_only=True, omit_defaults=True):
@@ -50,12 +51,17 @@ class CompletionRequest(Struct, kw_only=True, omit_defaults=True):
     user: str | None = None
 
 
-def prompts(prompt: Any) -> list[str | list[int]]:
-    """The prompt as a list of prompts (a string, or token ids), as OpenAI batches them."""
+def prompts(prompt: Any, param: str = "prompt") -> list[str | list[int]]:
+    """The prompt as a list of prompts (a string, or token ids), as OpenAI batches them: a
+    string, a list of strings, a list of token ids, or a list of token-id lists (never mixed)."""
     if isinstance(prompt, str):
         return [prompt]
-    if prompt and all(isinstance(p, int) for p in prompt):
-        return [prompt]
+    kinds = {type(item) for item in prompt}
+    if kinds == {int}:
+        return [list(prompt)]
+    if len(kinds) > 1:
+        raise bad_request(f"'{param}' must be a string, a list of strings, a list of token ids or a list of "
+                          f"token-id lists, not a mix.", param=param)
     return list(prompt)
 
 

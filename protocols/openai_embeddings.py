@@ -16,6 +16,7 @@ from msgspec import Meta, Struct
 
 from protocols.api import Api
 from protocols.errors import bad_request, error_body
+from protocols.openai_completions import prompts
 from protocols.sse import sse
 from protocols.text import estimate_tokens
 from protocols.usage import Usage, usage_of
@@ -28,18 +29,14 @@ TokenIds = list[Annotated[int, Meta(ge=0)]]
 
 class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
     model: Annotated[str, Meta(min_length=1, max_length=256)]
-    input: str | list[str] | TokenIds | list[TokenIds]
+    input: str | list[str | Annotated[int, Meta(ge=0)] | TokenIds]  # one kind per list: see `inputs`
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: Annotated[int, Meta(ge=1)] | None = None
     user: str | None = None
 
 
 def inputs(value: Any) -> list[str | list[int]]:
-    if isinstance(value, str):
-        return [value]
-    if value and all(isinstance(v, int) for v in value):
-        return [value]
-    return list(value)
+    return prompts(value, "input")
 
 
 def encode_vector(vector: Sequence[float] | np.ndarray, encoding: str | None) -> list[float] | str:

@@ -40,7 +40,8 @@ def test_serve_with_no_configuration_answers_from_the_bundled_engine(tmp_path):
             time.sleep(0.2)
         assert key, "a dev key is generated and printed at start"
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
-        assert [m.id for m in client.models.list()] == ["local", "auto"]
+        assert [m.id for m in client.models.list()] == ["local-embed", "local", "auto"]
+        assert client.models.retrieve("local").id == "local"
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "Hello!"}], max_tokens=8)
         completion = raw.parse()
@@ -49,6 +50,16 @@ def test_serve_with_no_configuration_answers_from_the_bundled_engine(tmp_path):
         chunks = list(client.chat.completions.create(model="local", messages=[{"role": "user", "content": "Hi"}],
                                                      max_tokens=6, stream=True, stream_options={"include_usage": True}))
         assert chunks[-1].usage.completion_tokens == 6
+        # The legacy completions endpoint, from the same engine.
+        text = client.completions.create(model="local", prompt="Once upon a time", max_tokens=5)
+        assert text.object == "text_completion" and text.usage.completion_tokens == 5
+        # Sentence embeddings from the bundled MiniLM model: 384 unit-length dimensions; the SDK
+        # asks for base64 by default and decodes it, floats on request.
+        vectors = client.embeddings.create(model="local-embed", input=["good morning", "bonjour"])
+        assert [len(d.embedding) for d in vectors.data] == [384, 384] and vectors.usage.prompt_tokens > 0
+        assert abs(sum(x * x for x in vectors.data[0].embedding) - 1.0) < 1e-3
+        floats = client.embeddings.create(model="local-embed", input="good morning", encoding_format="float")
+        assert max(abs(a - b) for a, b in zip(floats.data[0].embedding, vectors.data[0].embedding)) < 1e-5
         assert (tmp_path / "hybrid-gateway" / "models" / "tiny-llama" / "config.json").exists()
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

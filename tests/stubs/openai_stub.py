@@ -1,4 +1,5 @@
-"""A local server that speaks OpenAI's chat-completions wire protocol, for tests and benchmarks.
+"""A local server that speaks OpenAI's wire protocols (chat completions, legacy completions and
+embeddings), for tests and benchmarks.
 
 It answers like OpenAI does: `chat.completion` JSON, SSE `chat.completion.chunk` streams ending
 in `data: [DONE]`, usage (also as the final chunk when `stream_options.include_usage`), tool
@@ -224,8 +225,82 @@ def make_app(control: StubControl) -> web.Application:
     async def load(_: web.Request) -> web.Response:
         return web.json_response(control.load)
 
+    async def admitted(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
+        """Auth, recording and scripted faults shared by the legacy and embeddings endpoints."""
+        if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
+            return None, _error_response(Fault(401, "Incorrect API key provided"))
+        body = await request.json()
+        if control.record:
+            control.requests.append(body)
+            control.headers.append(dict(request.headers))
+        fault = control.next_fault()
+        if fault is not None and fault.hang_seconds:
+            await asyncio.sleep(fault.hang_seconds)
+        if fault is not None and fault.status >= 400:
+            return body, _error_response(fault)
+        return body, None
+
+    async def completions(request: web.Request) -> web.StreamResponse:
+        """Legacy completions: `echo: <prompt>` (or the scripted reply), cut at max_tokens words."""
+        body, refusal = await admitted(request)
+        if refusal is not None:
+            return refusal
+        prompt = body.get("prompt")
+        prompt_text = prompt if isinstance(prompt, str) else json.dumps(prompt)
+        words = (control.reply if control.reply is not None else "echo: " + prompt_text).split(" ")
+        limit = int(body.get("max_tokens") or 16)
+        text = " ".join(words[:limit])
+        finish = "length" if len(words) > limit else "stop"
+        usage = {"prompt_tokens": max(1, len(prompt_text) // 4), "completion_tokens": min(limit, len(words))}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        base = {"id": f"cmpl-stub{len(control.requests)}", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model", "stub")}
+        if not body.get("stream"):
+            return web.json_response({**base, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                                          "finish_reason": finish}], "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        pieces = [w if i == 0 else " " + w for i, w in enumerate(text.split(" "))]
+        for piece in pieces:
+            choice = {"index": 0, "text": piece, "logprobs": None, "finish_reason": None}
+            await response.write(b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n")
+        done = {"index": 0, "text": "", "logprobs": None, "finish_reason": finish}
+        await response.write(b"data: " + json.dumps({**base, "choices": [done]}).encode() + b"\n\n")
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    async def embeddings(request: web.Request) -> web.Response:
+        """Deterministic vectors (a hash of each input), `dimensions` honoured, float or base64."""
+        import base64
+        import hashlib
+        import struct
+
+        body, refusal = await admitted(request)
+        if refusal is not None:
+            return refusal
+        items = body.get("input")
+        items = [items] if isinstance(items, str) or (items and isinstance(items[0], int)) else items
+        size = int(body.get("dimensions") or 8)
+        data, tokens = [], 0
+        for index, item in enumerate(items):
+            text = item if isinstance(item, str) else json.dumps(item)
+            tokens += max(1, len(text) // 4)
+            seed = hashlib.sha256(text.encode()).digest()
+            vector = [seed[i % 32] / 255.0 for i in range(size)]
+            encoded: Any = vector
+            if body.get("encoding_format") == "base64":
+                encoded = base64.b64encode(struct.pack(f"<{size}f", *vector)).decode()
+            data.append({"object": "embedding", "index": index, "embedding": encoded})
+        return web.json_response({"object": "list", "data": data, "model": body.get("model", "stub"),
+                                  "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+
     app = web.Application(client_max_size=64 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
+    app.router.add_post("/v1/completions", completions)
+    app.router.add_post("/v1/embeddings", embeddings)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
