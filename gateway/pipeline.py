@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from cache.prefix import prefix_fingerprint, prompt_cache_key
 from cache.response import CachedAnswer, savings
@@ -102,6 +102,37 @@ async def _keeping(stream: AsyncIterator[bytes], kept: list[bytes]) -> AsyncIter
         await close_quietly(stream)
 
 
+class Session(Protocol):
+    """Conversation state a protocol keeps between requests (the Responses API's stored responses
+    and `previous_response_id`). `NoSession` for stateless protocols."""
+
+    async def resolve(self, inbound: Inbound, tenant: str) -> Inbound:
+        """Before routing: e.g. rebuild the conversation from a stored previous response."""
+        ...
+
+    def keeps(self, inbound: Inbound) -> bool:
+        """Whether the answer must be remembered (then a stream is kept and assembled)."""
+        ...
+
+    async def remember(self, inbound: Inbound, tenant: str, answer: bytes) -> None:
+        """After a complete answer: store it (off the response path)."""
+        ...
+
+
+class NoSession:
+    async def resolve(self, inbound: Inbound, tenant: str) -> Inbound:
+        return inbound
+
+    def keeps(self, inbound: Inbound) -> bool:
+        return False
+
+    async def remember(self, inbound: Inbound, tenant: str, answer: bytes) -> None:
+        pass
+
+
+NO_SESSION = NoSession()
+
+
 class Gateway:
     def __init__(
         self,
@@ -113,9 +144,11 @@ class Gateway:
         caching: Caching | None = None,
         telemetry: Telemetry | NullTelemetry | None = None,
         breakers: Any = None,
+        sessions: Mapping[Api, Session] | None = None,
     ) -> None:
         self.runtime = runtime
         self.wires = dict(wires)
+        self.sessions = dict(sessions or {})
         self.executor = executor or Executor()
         self.budgets: Budgets = budgets if budgets is not None else MemoryBudgets()
         self.accounting = Accounting(self.budgets)
@@ -142,7 +175,7 @@ class Gateway:
         try:
             with self.telemetry.stage(call.span, "gateway.admission"):
                 check_body_size(len(raw), runtime.policy.limits)
-                inbound = wire.decode(raw)
+                inbound = await self.sessions.get(api, NO_SESSION).resolve(wire.decode(raw), principal.tenant)
                 call.stream = inbound.stream
                 with self.telemetry.stage(call.span, "gateway.route") as span:
                     plan = await runtime.router.plan(inbound.model, principal, inbound.conversation, headers,
@@ -315,6 +348,7 @@ class Delivery:
         self.found = found
         self.reservation = reservation
         self.make_request = make_request
+        self.session = gateway.sessions.get(inbound.api, NO_SESSION)
 
     def _settle(self, usage: Usage, usd: float) -> None:
         self.gateway.accounting.settle(self.reservation, usage, usd)
@@ -355,6 +389,8 @@ class Delivery:
                        fallbacks=len(failures), cache=str(self.found.decision.status))
         if gateway.caching.should_store(self.found):
             gateway.caching.store_later(self.found, completion.body, usage, self.plan.cache, gateway.accounting.later)
+        if self.session.keeps(self.inbound):
+            gateway.accounting.later(self.session.remember(self.inbound, call.tenant, completion.body))
         return Reply(200, call.headers, body=completion.body)
 
     async def stream(self) -> Reply:
@@ -370,8 +406,9 @@ class Delivery:
         candidate = start.candidate
         self._route_headers(candidate, start.failures)
         # A cacheable stream is kept (references only) so a clean finish can be stored as one answer.
-        keep = gateway.caching.should_store(self.found) and call.wire.cacheable_streams
-        kept: list[bytes] | None = [start.first] if keep else None
+        cache = gateway.caching.should_store(self.found) and call.wire.cacheable_streams
+        remember = self.session.keeps(self.inbound)
+        kept: list[bytes] | None = [start.first] if cache or remember else None
         rest = start.rest if kept is None else _keeping(start.rest, kept)
 
         async def settle(outcome: StreamOutcome) -> None:
@@ -379,9 +416,11 @@ class Delivery:
             self._settle(outcome.usage, usd)
             if kept is not None and outcome.completed and outcome.error is None:
                 body = call.wire.assemble(kept)
-                if body is not None:
+                if body is not None and cache:
                     gateway.caching.store_later(self.found, body, outcome.usage, self.plan.cache,
                                                 gateway.accounting.later)
+                if body is not None and remember:
+                    gateway.accounting.later(self.session.remember(self.inbound, call.tenant, body))
             error = type(outcome.error).__name__ if outcome.error else (None if outcome.completed else "client_disconnect")
             gateway.record(call, candidate, outcome.usage, usd, status=200, error=error, ttft_s=outcome.first_byte_s,
                            fallbacks=len(start.failures), cache=str(self.found.decision.status))

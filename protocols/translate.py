@@ -89,10 +89,43 @@ TRANSLATORS: dict[tuple[Api, Api], Callable[[], Translator]] = {
 }
 
 
+class Chained:
+    """Two translators in a row, through a pivot protocol (e.g. Responses → Chat → Messages)."""
+
+    def __init__(self, first: Translator, second: Translator) -> None:
+        self.first = first
+        self.second = second
+        self.source = first.source
+        self.target = second.target
+
+    def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
+        return self.second.request(self.first.request(body, hints), hints)
+
+    def response(self, body: bytes) -> tuple[bytes, Usage]:
+        middle, _ = self.second.response(body)
+        return self.first.response(middle)
+
+    def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        return self.first.stream(self.second.stream(payloads))
+
+
+PIVOT = Api.CHAT  # the protocol every other one translates to and from
+
+
 def find(source: Api, targets: frozenset[Api]) -> Translator | None:
-    """A translator from `source` to one of `targets` (the protocols an upstream speaks), or None."""
+    """A translator from `source` to one of `targets` (the protocols an upstream speaks): direct
+    when one exists, else through the pivot protocol, else None. Natively spoken protocols are
+    the caller's business (no translator at all)."""
     for target in sorted(targets):
         factory = TRANSLATORS.get((source, target))
         if factory is not None:
             return factory()
+    if source is not PIVOT:
+        to_pivot = TRANSLATORS.get((source, PIVOT))
+        if to_pivot is not None:
+            if PIVOT in targets:
+                return to_pivot()
+            onward = find(PIVOT, targets)
+            if onward is not None:
+                return Chained(to_pivot(), onward)
     return None
