@@ -13,14 +13,22 @@ import logging
 from litestar import Litestar
 
 from gateway.api.inbound import INFERENCE_ROUTES
+from gateway.api.messages import count_tokens
 from gateway.api.errors import EXCEPTION_HANDLERS
 from gateway.api.meta import healthz, list_models, metrics, readyz, retrieve_model
 from gateway.caching import Caching
-from protocols import openai_chat, openai_completions, openai_embeddings
+from gateway.api.responses import RESPONSES_ROUTES
+from gateway.responses_store import ResponseStore
+from protocols import openai_responses
+from protocols.api import Api
+from protocols import anthropic_messages, openai_chat, openai_completions, openai_embeddings
 from gateway.api.admin import breakers_view, reload_policy
 from gateway.api.autoscale import autoscale_view
 from gateway.autoscale import AutoscaleSampler
 from gateway.api.usage import my_usage, tenant_usage
+from gateway.api.feedback import FEEDBACK_ROUTES
+from gateway.decisions import MemoryDecisionStore, RedisDecisionStore
+from gateway.learned_scorer import warm_scorer
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets
@@ -45,8 +53,10 @@ for _noisy in ("httpx", "httpx2"):
 
 
 # Every protocol callers may speak, and its wire (protocols/).
-WIRES = {wire.api: wire for wire in (openai_chat.WIRE, openai_completions.WIRE, openai_embeddings.WIRE)}
+WIRES = {wire.api: wire for wire in (openai_chat.WIRE, openai_completions.WIRE, openai_embeddings.WIRE,
+                                     anthropic_messages.WIRE)}
 
+WIRES[openai_responses.WIRE.api] = openai_responses.WIRE  # POST /v1/responses
 
 def _spawn(app: Litestar, coroutine) -> None:
     """Background work tied to the app's lifetime (kept referenced so it is not collected)."""
@@ -164,12 +174,20 @@ def create_app(settings: Settings | None = None) -> Litestar:
             telemetry.attempt(candidate.name, candidate.spec.provider, type(error).__name__ if error else None, seconds)
             gate.observe(candidate, error, seconds)
 
+        # Stored Responses API answers (previous_response_id, GET/DELETE /v1/responses/{id}).
+        app.state.responses = ResponseStore(store, ttl=lambda: app.state.gateway.runtime.policy.responses.ttl_seconds)
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients),
             Executor(observe=observe, gate=gate.gate),
             wires=WIRES, budgets=budgets, caching=Caching(cache, semantic), telemetry=telemetry, breakers=gate,
+            sessions={Api.RESPONSES: app.state.responses},
         )
         _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
+        # Routing decisions + feedback (issue 14); the pipeline records via gateway.decisions.record_decision.
+        app.state.decisions = MemoryDecisionStore() if shared is None else RedisDecisionStore(
+            shared.redis, prefix=settings.redis_prefix)
+        if app.state.gateway.runtime.router.scores_difficulty:
+            _spawn(app, asyncio.to_thread(warm_scorer, app.state.gateway.runtime.router.scorer))
         # Replica-count advice per self-hosted target with an `autoscale` block (off the request path).
         app.state.autoscaler = AutoscaleSampler(
             lambda: app.state.gateway.runtime.providers, clients.session,
@@ -252,8 +270,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         return checks
 
     app = Litestar(
-        route_handlers=[*INFERENCE_ROUTES, list_models, retrieve_model, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy,
-                        breakers_view, autoscale_view],
+        route_handlers=[*INFERENCE_ROUTES, count_tokens, list_models, retrieve_model, healthz, readyz, metrics, my_usage, tenant_usage, reload_policy,
+                        breakers_view, autoscale_view, *FEEDBACK_ROUTES],
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
@@ -261,6 +279,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         openapi_config=None,
         debug=False,
     )
+    for handler in RESPONSES_ROUTES:  # GET/DELETE /v1/responses/{id}, …/input_items, …/input_tokens
+        app.register(handler)
     app.state.settings = settings
     app.state.readiness = readiness
     app.state.background = set()

@@ -38,6 +38,7 @@ from protocols.api import Api
 from protocols.errors import GatewayError
 from protocols.wire import Inbound, Wire
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
+from providers.translated import Translated
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Caller headers a target speaking the caller's protocol natively should see.
@@ -90,7 +91,8 @@ def new_request_id(headers: Mapping[str, str]) -> str:
 
 
 def cost_of(candidate: Candidate, usage: Usage) -> float:
-    return candidate.spec.effective_pricing().cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+    return candidate.spec.effective_pricing().cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
+                                                   usage.cache_write_tokens)
 
 
 async def _keeping(stream: AsyncIterator[bytes], kept: list[bytes]) -> AsyncIterator[bytes]:
@@ -367,6 +369,10 @@ class Delivery:
                 self.gateway.telemetry.failover(failure.target, candidate.name)
         if self.gateway.caching.enabled:
             headers["x-gateway-cache"] = self.found.header
+        if isinstance(candidate.provider, Translated):  # say what the target could not be told
+            dropped = candidate.provider.dropped(self.inbound.body)
+            if dropped:
+                headers["x-gateway-dropped"] = ",".join(dropped)
 
     async def complete(self) -> Reply:
         gateway, call = self.gateway, self.call

@@ -9,13 +9,14 @@ and difficulty are echoed in response headers).
 
 from __future__ import annotations
 
+import fnmatch
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth import Principal
-from gateway.difficulty import Difficulty, DifficultyScorer, DifficultyWeights
+from gateway.difficulty import Difficulty, DifficultyScorer
 from gateway.errors import GatewayError
 from policies.schema import CacheSpec, ModelSpec, Policy, RetrySpec, RouteMatch, RouteSpec, TargetSpec, TimeoutSpec
 from protocols.api import Api
@@ -90,15 +91,10 @@ def _merge_timeouts(base: TimeoutSpec, route: RouteSpec | None) -> TimeoutSpec:
 
 
 def build_scorer(policy: Policy) -> DifficultyScorer:
-    spec = policy.difficulty
-    overrides = {name: getattr(spec.weights, name) for name in spec.weights.__struct_fields__
-                 if getattr(spec.weights, name) is not None}
-    knn = None
-    if spec.knn:
-        from gateway.difficulty import KnnScorer
+    """The policy's difficulty scorer: learned by default (gateway/learned_scorer.py)."""
+    from gateway.learned_scorer import build_scorer as from_spec
 
-        knn = KnnScorer(k=spec.knn_k)
-    return DifficultyScorer(DifficultyWeights(**overrides), knn=knn, knn_weight=spec.knn_weight)
+    return from_spec(policy.difficulty)
 
 
 class Router:
@@ -116,6 +112,30 @@ class Router:
         self.rng = rng or random.Random()
         self._difficulty_routes = any(r.match.difficulty is not None for r in policy.routes)
         self._speakers: dict[tuple[str, Api], Provider | None] = {}
+        self._aliases: dict[str, str] = {}
+        self._patterns: list[tuple[str, str]] = []
+        for name, spec in policy.models.items():
+            for alias in spec.aliases:
+                if any(c in alias for c in "*?["):
+                    self._patterns.append((alias, name))
+                else:
+                    self._aliases.setdefault(alias, name)
+
+    def resolve(self, requested: str) -> str:
+        """The public model a caller's name means: itself, an exact alias, or a glob alias."""
+        if requested in self.policy.models or requested == AUTO:
+            return requested
+        if requested in self._aliases:
+            return self._aliases[requested]
+        for pattern, name in self._patterns:
+            if fnmatch.fnmatchcase(requested, pattern):
+                return name
+        return requested
+
+    @property
+    def scores_difficulty(self) -> bool:
+        """Whether any route decides on difficulty (then the scorer is warmed at startup)."""
+        return self._difficulty_routes
 
     def public_models(self) -> list[str]:
         names = list(self.policy.models)
@@ -137,9 +157,7 @@ class Router:
         return "batch" if principal.spec.tier == "batch" else "interactive"
 
     async def difficulty(self, body: dict[str, Any]) -> Difficulty:
-        if self.scorer.knn is not None:
-            return await self.scorer.ascore(body)
-        return self.scorer.score_heuristic(body)
+        return await self.scorer.ascore(body)  # embeddings (if any) in a worker thread
 
     async def plan(
         self,
@@ -152,7 +170,7 @@ class Router:
     ) -> Plan:
         """Who should serve this request, in order. Only targets that speak `api` (natively or
         through a translator) become candidates; none at all is the caller's 400."""
-        plan = await self._plan(requested, principal, body, headers, prompt_tokens, api)
+        plan = await self._plan(self.resolve(requested), principal, body, headers, prompt_tokens, api)
         if not plan.candidates:
             raise unsupported_api(requested, api)
         return plan
@@ -199,7 +217,7 @@ class Router:
                 return False
         if match.headers and any(headers.get(k.lower()) != v for k, v in match.headers.items()):
             return False
-        if match.difficulty is not None and (difficulty is None or not match.difficulty.contains(difficulty.score)):
+        if match.difficulty is not None and (difficulty is None or not match.difficulty.matches(difficulty.score, difficulty.hard)):
             return False
         if match.prompt_tokens is not None and not match.prompt_tokens.contains(prompt_tokens):
             return False

@@ -13,8 +13,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from protocols.usage import merge
 from protocols.wire import Wire
-from providers.base import ProviderError, Timeout, Usage
+from providers.base import ProviderError, Timeout, Unavailable, Usage
 
 
 @dataclass(slots=True)
@@ -60,13 +61,15 @@ async def relay(
     completed = False
     error: ProviderError | None = None
     first_byte_s: float | None = None
+    final = False
 
     def frame(payload: bytes) -> bytes | None:
-        nonlocal usage, delivered
+        nonlocal usage, delivered, final
         peek = wire.peek(payload)
         if peek.usage is not None:
-            usage = peek.usage
+            usage = merge(usage, peek.usage)
         delivered += peek.delivered
+        final = final or peek.final
         if peek.usage_only and not include_usage:
             return None  # the usage-only chunk the caller did not ask for
         return wire.frame(payload)
@@ -84,6 +87,8 @@ async def relay(
                 async with asyncio.timeout(remaining):
                     payload = await anext(rest)
             except StopAsyncIteration:
+                if wire.requires_final and not final:
+                    raise Unavailable("the upstream stream ended before its final event", target=target) from None
                 break
             out = frame(payload)
             if out is not None:

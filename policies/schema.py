@@ -24,16 +24,21 @@ class _Spec(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
 
 
 class Pricing(_Spec):
-    """USD per million tokens. `cached_input` defaults to `input` when the provider has no discount."""
+    """USD per million tokens. `cached_input` (prompt-cache reads) defaults to `input` when the
+    provider has no discount; `cache_write` (prompt-cache writes, e.g. Anthropic's
+    `cache_creation_input_tokens`: 1.25x input for 5-minute entries) defaults to `input`."""
 
     input: NonNegFloat = 0.0
     cached_input: NonNegFloat | None = None
+    cache_write: NonNegFloat | None = None
     output: NonNegFloat = 0.0
 
-    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> float:
+    def cost(self, prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0, cache_write_tokens: int = 0) -> float:
         cached_rate = self.input if self.cached_input is None else self.cached_input
-        uncached = max(0, prompt_tokens - cached_tokens)
-        return (uncached * self.input + cached_tokens * cached_rate + completion_tokens * self.output) / 1e6
+        write_rate = self.input if self.cache_write is None else self.cache_write
+        uncached = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
+        return (uncached * self.input + cached_tokens * cached_rate + cache_write_tokens * write_rate
+                + completion_tokens * self.output) / 1e6
 
 
 class TimeoutSpec(_Spec):
@@ -145,6 +150,10 @@ class ModelSpec(_Spec):
     cache: CacheSpec = CacheSpec()
     max_tokens: PosInt | None = None  # cap on max_tokens / max_completion_tokens for this model
     default_max_tokens: PosInt | None = None
+    # Other names callers use for this model: exact names or glob patterns (`claude-sonnet-*`
+    # catches Claude Code's dated names). Exact public names win, then exact aliases, then the
+    # first matching pattern in policy order.
+    aliases: list[Annotated[str, Meta(min_length=1, max_length=256)]] = []
 
 
 class TenantLimits(_Spec):
@@ -308,6 +317,13 @@ class BalancerSpec(_Spec):
     deep_check: bool = False
 
 
+class ResponsesSpec(_Spec):
+    """Stored Responses API answers (`store`, OpenAI's default): kept this long in the state
+    store (memory, or Redis when configured) for `previous_response_id` and GET /v1/responses/{id}."""
+
+    ttl_seconds: PosFloat = 30 * 24 * 3600.0  # OpenAI keeps stored responses 30 days
+
+
 class Policy(_Spec):
     targets: Annotated[dict[Name, TargetSpec], Meta(min_length=1)]
     models: Annotated[dict[Name, ModelSpec], Meta(min_length=1)]
@@ -321,6 +337,7 @@ class Policy(_Spec):
     tenants: dict[Name, TenantSpec] = {}
     admin_keys: list[Sha256Hex] = []
     limits: Limits = Limits()
+    responses: ResponsesSpec = ResponsesSpec()
 
     def reference_errors(self) -> list[tuple[str, str]]:
         """Cross-references msgspec cannot check: (JSON path, message) for each dangling name."""

@@ -86,9 +86,24 @@ def body_for(api: Api, status: int, message: str, *, type: str = "invalid_reques
     return error_body(message, type=type, code=code, param=param, details=details)
 
 
+def status_for(api: Api, status: int) -> int:
+    """The status a protocol's SDKs expect: Anthropic's say "overloaded" with 529, not 503."""
+    return 529 if api is Api.MESSAGES and status == 503 else status
+
+
 def bad_request(message: str, *, param: str | None = None, code: str | None = "invalid_request") -> GatewayError:
     return GatewayError(400, message, param=param, code=code)
 
 
 class Untranslatable(ValueError):
     """A request that cannot be expressed in the target's protocol; the caller gets a 400 naming why."""
+
+
+class UpstreamStreamError(Exception):
+    """An in-band error event inside an upstream stream (the provider maps it to its taxonomy)."""
+
+    def __init__(self, payload: dict) -> None:
+        error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
+        super().__init__(error.get("message") or "upstream stream error")
+        self.kind = error.get("type") or "api_error"
+        self.message = str(self)

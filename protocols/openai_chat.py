@@ -377,6 +377,7 @@ class ChatWire:
     path = "/chat/completions"
     done = DONE
     cacheable_streams = True
+    requires_final = False
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)

@@ -87,6 +87,7 @@ class CompletionsWire:
     path = "/completions"
     done = DONE
     cacheable_streams = True
+    requires_final = False
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)

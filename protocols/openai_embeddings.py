@@ -57,6 +57,7 @@ class EmbeddingsWire:
     path = "/embeddings"
     done = b""
     cacheable_streams = False
+    requires_final = False
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)

@@ -16,7 +16,9 @@ import msgspec
 
 from protocols import anthropic_chat
 from protocols.api import Api
-from protocols.errors import Untranslatable
+from protocols.errors import Untranslatable, UpstreamStreamError
+from protocols.messages_chat import MessagesToChat
+from protocols.responses_chat import ResponsesToChat
 from protocols.usage import Usage
 
 
@@ -29,16 +31,6 @@ class Hints:
     min_cache_chars: int = anthropic_chat.DEFAULT_MIN_CACHE_CHARS
 
 
-class UpstreamStreamError(Exception):
-    """An in-band error event inside an upstream stream (the provider maps it to its taxonomy)."""
-
-    def __init__(self, payload: dict[str, Any]) -> None:
-        error = payload.get("error") if isinstance(payload.get("error"), dict) else {}
-        super().__init__(error.get("message") or "upstream stream error")
-        self.kind = error.get("type") or "api_error"
-        self.message = str(self)
-
-
 class Translator(Protocol):
     source: Api
     target: Api
@@ -49,12 +41,23 @@ class Translator(Protocol):
 
     def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]: ...
 
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        """What the caller sent that the target will not see (reported in `x-gateway-dropped`)."""
+        ...
+
 
 class ChatToMessages:
     """OpenAI Chat Completions callers on an Anthropic Messages upstream."""
 
     source = Api.CHAT
     target = Api.MESSAGES
+    # Chat fields with an Anthropic equivalent; anything else is dropped (Anthropic rejects unknown fields).
+    TRANSLATED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options",
+                            "temperature", "top_p", "stop", "tools", "tool_choice", "parallel_tool_calls", "user",
+                            "response_format", "n"})
+
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        return sorted(key for key in body if key not in self.TRANSLATED)
 
     def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
         try:
@@ -86,6 +89,8 @@ class ChatToMessages:
 
 TRANSLATORS: dict[tuple[Api, Api], Callable[[], Translator]] = {
     (Api.CHAT, Api.MESSAGES): ChatToMessages,
+    (Api.MESSAGES, Api.CHAT): MessagesToChat,
+    (Api.RESPONSES, Api.CHAT): ResponsesToChat,
 }
 
 
@@ -107,6 +112,9 @@ class Chained:
 
     def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         return self.first.stream(self.second.stream(payloads))
+
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        return self.first.dropped(body)
 
 
 PIVOT = Api.CHAT  # the protocol every other one translates to and from

@@ -35,11 +35,16 @@ class _PromptDetails(msgspec.Struct):
 
 
 class UsagePeek(msgspec.Struct):
-    """OpenAI's `usage` object (chat, completions and embeddings share it)."""
+    """OpenAI's `usage` object (chat, completions and embeddings share it). The Responses API
+    names the same counts `input_tokens` / `output_tokens` / `input_tokens_details`: read both,
+    so every provider's `usage_of` settles a Responses body on its real numbers."""
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_tokens_details: _PromptDetails | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    input_tokens_details: _PromptDetails | None = None
 
 
 class _BodyPeek(msgspec.Struct):
@@ -52,8 +57,9 @@ _body_decoder = msgspec.json.Decoder(_BodyPeek)
 def to_usage(peek: UsagePeek | None) -> Usage | None:
     if peek is None:
         return None
-    cached = peek.prompt_tokens_details.cached_tokens if peek.prompt_tokens_details else None
-    return Usage(peek.prompt_tokens, peek.completion_tokens, cached or 0)
+    details = peek.prompt_tokens_details or peek.input_tokens_details
+    cached = details.cached_tokens if details else None
+    return Usage(peek.prompt_tokens or peek.input_tokens, peek.completion_tokens or peek.output_tokens, cached or 0)
 
 
 def usage_of(body: bytes) -> Usage:
@@ -62,3 +68,12 @@ def usage_of(body: bytes) -> Usage:
         return to_usage(_body_decoder.decode(body).usage) or Usage()
     except msgspec.DecodeError:
         return Usage()
+
+
+def merge(earlier: Usage | None, later: Usage) -> Usage:
+    """Usage reported in several events of one stream (Anthropic: input in `message_start`,
+    output in `message_delta`): counts are cumulative, so the larger of each wins."""
+    if earlier is None:
+        return later
+    return Usage(max(earlier.prompt_tokens, later.prompt_tokens), max(earlier.completion_tokens, later.completion_tokens),
+                 max(earlier.cached_tokens, later.cached_tokens), max(earlier.cache_write_tokens, later.cache_write_tokens))

@@ -60,6 +60,7 @@ class Wire(Protocol):
     path: str  # the upstream path under /v1 for HTTP forwarders
     done: bytes  # the stream's terminator frame (OpenAI `[DONE]`; empty for named-event streams)
     cacheable_streams: bool
+    requires_final: bool  # the protocol ends every complete stream with its own final event
 
     def decode(self, raw: bytes) -> Inbound: ...
 

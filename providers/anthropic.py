@@ -32,6 +32,7 @@ from providers.base import (
     ProviderError,
     ProviderRequest,
     Timeout,
+    TokenCount,
     Timeouts,
     Unavailable,
     error_from_status,
@@ -201,6 +202,21 @@ class AnthropicProvider:
                 yield payload
         finally:
             await context.__aexit__(None, None, None)
+
+    async def count_tokens(self, request: ProviderRequest) -> TokenCount | None:
+        """Anthropic's own count (`POST /v1/messages/count_tokens`): exact, and free."""
+        self._require_key()
+        body = {k: v for k, v in request.body.items() if k not in ("max_tokens", "stream", "temperature", "top_p",
+                                                                    "top_k", "stop_sequences", "metadata")}
+        body["model"] = body.get("model") or self.spec.model
+        known = frozenset(inspect.signature(anthropic.resources.messages.AsyncMessages.count_tokens).parameters)
+        try:
+            async with asyncio.timeout(request.timeouts.total):
+                counted = await self._client.messages.count_tokens(
+                    **sdk_kwargs(body, known - {"self"}), extra_headers=request.forward_headers or None)
+        except Exception as exc:
+            raise map_error(exc, self.name) from exc
+        return TokenCount(counted.input_tokens, "upstream")
 
     async def health(self) -> Health:
         """Cheap on purpose: probing the model would spend tokens; real failures trip the breaker."""

@@ -99,6 +99,19 @@ class Provider(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class TokenCount:
+    tokens: int
+    source: str  # "upstream" (the provider counted) or "tokenizer" (the model's own tokenizer)
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """A provider that can count a request's input tokens exactly (None: not for this request)."""
+
+    async def count_tokens(self, request: ProviderRequest) -> TokenCount | None: ...
+
+
 @runtime_checkable
 class Placeable(Protocol):
     """A provider with several replicas: it orders them for one request (affinity, load, health)."""

@@ -19,7 +19,16 @@ import msgspec
 from policies.schema import TargetSpec
 from protocols.api import Api
 from protocols.usage import usage_of
-from providers.base import BadRequest, Completion, ContextTooLong, Health, ProviderError, ProviderRequest, Unavailable
+from providers.base import (
+    BadRequest,
+    Completion,
+    ContextTooLong,
+    Health,
+    ProviderError,
+    ProviderRequest,
+    TokenCount,
+    Unavailable,
+)
 
 log = logging.getLogger("gateway.embedded")
 
@@ -102,6 +111,18 @@ class EmbeddedEngineProvider:
                 yield payload
         except ProviderError:
             raise
+        except Exception as exc:
+            raise self._map(exc) from None
+
+    async def count_tokens(self, request: ProviderRequest) -> TokenCount | None:
+        """The served model's own tokenizer over its chat template: what the prompt will cost."""
+        if request.api is not Api.CHAT:
+            return None
+        from selfhost_engine.openai_api import prompt_token_count
+
+        engine = await self._ready()
+        try:
+            return TokenCount(prompt_token_count(engine, request.body), "tokenizer")
         except Exception as exc:
             raise self._map(exc) from None
 

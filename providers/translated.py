@@ -13,9 +13,19 @@ from dataclasses import replace
 
 from protocols import translate
 from protocols.api import Api
-from protocols.errors import Untranslatable
-from protocols.translate import Hints, Translator, UpstreamStreamError
-from providers.base import BadRequest, Completion, Health, Provider, ProviderError, ProviderRequest, Unavailable
+from protocols.errors import Untranslatable, UpstreamStreamError
+from protocols.translate import Hints, Translator
+from providers.base import (
+    BadRequest,
+    Completion,
+    Health,
+    Provider,
+    ProviderError,
+    ProviderRequest,
+    TokenCount,
+    TokenCounter,
+    Unavailable,
+)
 
 
 class Translated:
@@ -36,6 +46,10 @@ class Translated:
         except Untranslatable as exc:
             raise BadRequest(str(exc), target=self.name) from None
         return replace(request, body=body, api=self.translator.target)
+
+    def dropped(self, body: dict) -> list[str]:
+        """What the caller sent that this target will not see (the `x-gateway-dropped` header)."""
+        return self.translator.dropped(body)
 
     async def complete(self, request: ProviderRequest) -> Completion:
         completion = await self.inner.complete(self._request(request))
@@ -60,6 +74,12 @@ class Translated:
         finally:
             await translated.aclose()
             await upstream.aclose()
+
+    async def count_tokens(self, request: ProviderRequest) -> TokenCount | None:
+        """The inner provider's count of the translated request, when it can count."""
+        if not isinstance(self.inner, TokenCounter):
+            return None
+        return await self.inner.count_tokens(self._request(request))
 
     async def health(self) -> Health:
         return await self.inner.health()

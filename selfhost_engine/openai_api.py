@@ -272,3 +272,8 @@ async def completion_stream(engine: AsyncEngine, body: dict, *, request_id: str 
 def load(engine: AsyncEngine) -> dict:
     """waiting, running, queued_prefill_tokens, active_decode_tokens, kv_usage (0..1)."""
     return engine.load()
+
+
+def prompt_token_count(engine: AsyncEngine, body: dict) -> int:
+    """Tokens of a chat request's prompt as this engine will see it (chat template included)."""
+    return len(_chat_prompt(engine, body))

@@ -20,7 +20,7 @@ from litestar.types import Receive, Scope, Send
 
 from gateway.pipeline import Gateway, Reply
 from protocols.api import Api
-from protocols.errors import GatewayError, body_for
+from protocols.errors import GatewayError, body_for, status_for
 
 log = logging.getLogger("gateway")
 
@@ -109,7 +109,7 @@ def endpoint(path: str, api: Api):
             async with asyncio.timeout(app.state.settings.body_read_timeout):
                 raw = await _read_body(receive, ceiling)
         except GatewayError as exc:
-            await _send_json(send, exc.status, exc.body(api), exc.headers)
+            await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
             return
         except ConnectionAbortedError:
             return
@@ -126,7 +126,7 @@ def endpoint(path: str, api: Api):
         try:
             reply = work.result()
         except GatewayError as exc:
-            await _send_json(send, exc.status, exc.body(api), exc.headers)
+            await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
             return
         if reply.stream is None:
             await _send_json(send, reply.status, reply.body, reply.headers)
@@ -146,5 +146,7 @@ def endpoint(path: str, api: Api):
 chat_completions = endpoint("/v1/chat/completions", Api.CHAT)
 completions = endpoint("/v1/completions", Api.COMPLETIONS)
 embeddings = endpoint("/v1/embeddings", Api.EMBEDDINGS)
+responses = endpoint("/v1/responses", Api.RESPONSES)
+messages = endpoint("/v1/messages", Api.MESSAGES)
 
-INFERENCE_ROUTES = [chat_completions, completions, embeddings]
+INFERENCE_ROUTES = [chat_completions, completions, embeddings, messages, responses]

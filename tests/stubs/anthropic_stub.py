@@ -251,7 +251,10 @@ def _validate_block(block: Any, where: str, role: str) -> None:
     elif kind == "tool_result":
         _check(role == "user", f"{where}: tool_result blocks are only allowed in user turns")
         _check(isinstance(block.get("tool_use_id"), str), f"{where}.tool_use_id: Field required")
-    elif kind not in ("document", "thinking", "redacted_thinking"):
+    elif kind == "thinking":  # Anthropic verifies the signature of thinking sent back to it
+        _check(role == "assistant" and block.get("signature") == thinking_signature(str(block.get("thinking"))),
+               f"{where}: Invalid `signature` in `thinking` block")
+    elif kind not in ("document", "redacted_thinking"):
         raise _Invalid(f"{where}.type: unknown content block type {kind!r}")
 
 
@@ -399,6 +402,9 @@ def _answer(body: dict[str, Any], reply: Reply, controller: StubController) -> d
         if len(words) > body["max_tokens"]:
             text, stop_reason = " ".join(words[: body["max_tokens"]]), "max_tokens"
     content: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
+    if (body.get("thinking") or {}).get("type") == "enabled":  # extended thinking: a signed block first
+        thought = f"Considering: {_echo_text(body)[:40]}"
+        content.insert(0, {"type": "thinking", "thinking": thought, "signature": thinking_signature(thought)})
     content += [
         {"type": "tool_use", "id": t.id or _new_id("toolu"), "name": t.name, "input": t.input}
         for t in reply.tool_uses
@@ -415,6 +421,13 @@ def _answer(body: dict[str, Any], reply: Reply, controller: StubController) -> d
         "stop_sequence": stop_sequence,
         "usage": usage,
     }
+
+
+def thinking_signature(thought: str) -> str:
+    """What the stub signs a thinking block with; a block sent back must carry the same."""
+    import hashlib
+
+    return "sig_" + hashlib.sha256(thought.encode()).hexdigest()[:24]
 
 
 def _pieces(text: str, size: int) -> list[str]:
@@ -438,6 +451,10 @@ def _stream_events(message: dict[str, Any], reply: Reply) -> Iterator[tuple[str,
         if block["type"] == "text":
             opening = {"type": "text", "text": ""}
             fragments = [{"type": "text_delta", "text": p} for p in _pieces(block["text"], reply.chunk_size)]
+        elif block["type"] == "thinking":
+            opening = {"type": "thinking", "thinking": "", "signature": ""}
+            fragments = [{"type": "thinking_delta", "thinking": p} for p in _pieces(block["thinking"], reply.chunk_size)]
+            fragments.append({"type": "signature_delta", "signature": block["signature"]})
         else:
             opening = {**block, "input": {}}
             arguments = json.dumps(block["input"])
