@@ -25,6 +25,9 @@ import zlib
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
+from gateway.state import Failure, QuietLog, StoreHealth, classify
+from gateway.state.health import UntrackedHealth
+
 log = logging.getLogger(__name__)
 
 __all__ = ["Store", "MemoryStore", "RedisStore"]
@@ -130,7 +133,10 @@ class RedisStore:
 
     `timeout` bounds every operation (seconds, None: only the client's own socket timeouts);
     `backoff` is how long to skip Redis after a failure. `owns_client`: whether `aclose` closes
-    the Redis client (leave False when the client is shared with other stores).
+    the Redis client (leave False when the client is shared with other stores). `health` is the
+    state layer's shared outage detector (`gateway.state.StoreHealth`): while it says the store
+    is down every call is a miss at once, and a failure here tells it (one probe, not one
+    timeout per request). Failures are logged at most once per 30 s per operation.
     """
 
     def __init__(
@@ -144,8 +150,10 @@ class RedisStore:
         timeout: float | None = 0.5,
         backoff: float = 1.0,
         owns_client: bool = False,
+        health: StoreHealth | UntrackedHealth | None = None,
     ) -> None:
         self.redis = redis
+        self.health = health or UntrackedHealth()
         self.prefix = prefix
         self.compress = compress
         self.compress_min_bytes = compress_min_bytes
@@ -157,11 +165,13 @@ class RedisStore:
         self.skipped = 0  # operations not attempted because of the backoff after a failure
         self.last_error: str | None = None
         self._down_until = 0.0
+        self._quiet = QuietLog(log)
+        self._tasks: set[asyncio.Task] = set()
 
     @property
     def available(self) -> bool:
-        """False while the store is backing off after a failure."""
-        return time.monotonic() >= self._down_until
+        """False while the store is backing off after a failure or known to be down."""
+        return time.monotonic() >= self._down_until and not self.health.down
 
     def _key(self, key: str) -> str:
         return self.prefix + key
@@ -186,7 +196,17 @@ class RedisStore:
         self.errors += 1
         self.last_error = f"{op}: {type(exc).__name__}: {exc}"
         self._down_until = time.monotonic() + self.backoff
-        log.warning("redis store %s failed (cache bypassed for %.1fs): %s", op, self.backoff, self.last_error)
+        self._quiet.warning(op, "redis store %s failed (cache bypassed for %.1fs): %s", op, self.backoff, self.last_error)
+        kind = classify(exc)
+        if kind is Failure.DOWN:
+            self.health.mark_down(exc)
+        elif kind is Failure.TIMEOUT and not self.health.down:
+            self._spawn(self.health.confirm(exc))
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _call(self, op: str, coro):
         """Run one Redis command; (ok, result). Never raises anything but cancellation."""
@@ -233,6 +253,8 @@ class RedisStore:
     async def ping(self) -> bool:
         # A health check always probes, even while backing off.
         self._down_until = 0.0
+        if self.health.down:
+            return await self.health.probe()
         ok, result = await self._call("ping", self.redis.ping())
         return bool(ok and result)
 

@@ -36,14 +36,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-import redis.asyncio as aioredis
+from gateway.state import Failure, Gate, QuietLog, StoreHealth, classify, register
 
 log = logging.getLogger("gateway.breaker")
+_quiet = QuietLog(log)  # a store outage must not log once per request
 
 CLOSED = "closed"
 OPEN = "open"
@@ -243,141 +245,7 @@ class MemoryBreakerStore:
 # ---------------------------------------------------------------------------------------------
 # Redis store
 
-# One hash per key: v version, s state, u opened_until, t trips, g probes granted, a last grant
-# time, c closed_at, and ring buckets w<slot> = "<second>:<calls>:<failures>". One key per script call,
-# so it is Redis Cluster safe. Times are passed and stored as decimal strings (Lua would truncate
-# a float reply to an integer). Reply: {allowed, state, opened_until, trips, calls, failures}.
-BREAKER_LUA = r"""
-local key = KEYS[1]
-local op = ARGV[1]
-local now = tonumber(ARGV[2])
-local window = tonumber(ARGV[3])
-local min_calls = tonumber(ARGV[4])
-local rate = tonumber(ARGV[5])
-local base = tonumber(ARGV[6])
-local maxc = tonumber(ARGV[7])
-local probes = tonumber(ARGV[8])
-local probe_timeout = tonumber(ARGV[9])
-local memory = tonumber(ARGV[10])
-local ttl = tonumber(ARGV[11])
-local failure = ARGV[12] == '1'
-
-local h = redis.call('HGETALL', key)
-local st = {}
-for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
-local state = st['s'] or 'closed'
-local until_ = tonumber(st['u'] or '0')
-local trips = tonumber(st['t'] or '0')
-local granted = tonumber(st['g'] or '0')
-local granted_at = tonumber(st['a'] or '0')
-local closed_at = tonumber(st['c'] or '0')
-local ver = tonumber(st['v'] or '0')
-local sec = math.floor(now)
-
-local function window_sums()
-  local calls, fails = 0, 0
-  for f, v in pairs(st) do
-    if string.sub(f, 1, 1) == 'w' then
-      local bs, bc, bf = string.match(v, '^(%-?%d+):(%d+):(%d+)$')
-      bs = tonumber(bs)
-      if bs > sec - window and bs <= sec then
-        calls = calls + tonumber(bc)
-        fails = fails + tonumber(bf)
-      end
-    end
-  end
-  return calls, fails
-end
-
-local function clear_window()
-  local dead = {}
-  for f, _ in pairs(st) do
-    if string.sub(f, 1, 1) == 'w' then dead[#dead + 1] = f end
-  end
-  for _, f in ipairs(dead) do st[f] = nil end
-  if #dead > 0 then redis.call('HDEL', key, unpack(dead)) end
-end
-
-local function trip(from_closed)
-  if from_closed and closed_at > 0 and now - closed_at >= memory then trips = 0 end
-  trips = trips + 1
-  local cd = base * math.pow(2, trips - 1)
-  if cd > maxc then cd = maxc end
-  state = 'open'
-  until_ = now + cd
-  granted = 0
-  clear_window()
-end
-
-local function save()
-  ver = ver + 1
-  redis.call('HSET', key, 'v', ver, 's', state, 'u', string.format('%.6f', until_), 't', trips,
-    'g', granted, 'a', string.format('%.6f', granted_at), 'c', string.format('%.6f', closed_at))
-  redis.call('EXPIRE', key, ttl)
-end
-
-local function reply(allowed)
-  local eff = state
-  if eff == 'open' and now >= until_ then eff = 'half_open' end
-  local calls, fails = 0, 0
-  if eff == 'closed' then calls, fails = window_sums() end
-  local u = '0'
-  if eff ~= 'closed' then u = string.format('%.6f', until_) end
-  return {allowed, eff, u, trips, calls, fails, ver}
-end
-
-if op == 'A' then
-  if state == 'closed' then return reply(1) end
-  if state == 'open' then
-    if now < until_ then return reply(0) end
-    state = 'half_open'
-    granted = 0
-    granted_at = now
-  end
-  if granted >= probes and now - granted_at >= probe_timeout then granted = 0 end
-  if granted < probes then
-    granted = granted + 1
-    granted_at = now
-    save()
-    return reply(1)
-  end
-  save()
-  return reply(0)
-elseif op == 'R' then
-  if state == 'open' then
-    return reply(0)
-  elseif state == 'half_open' then
-    if failure then
-      trip(false)
-    else
-      state = 'closed'
-      until_ = 0
-      granted = 0
-      closed_at = now
-      clear_window()
-    end
-    save()
-    return reply(0)
-  end
-  local slot = 'w' .. (sec % window)
-  local calls, fails = 0, 0
-  local cur = st[slot]
-  if cur then
-    local bs, bc, bf = string.match(cur, '^(%-?%d+):(%d+):(%d+)$')
-    if tonumber(bs) == sec then calls = tonumber(bc); fails = tonumber(bf) end
-  end
-  calls = calls + 1
-  if failure then fails = fails + 1 end
-  st[slot] = sec .. ':' .. calls .. ':' .. fails
-  redis.call('HSET', key, slot, st[slot])
-  local wc, wf = window_sums()
-  if wc >= min_calls and wf >= rate * wc then trip(true) end
-  save()
-  return reply(0)
-else
-  return reply(0)
-end
-"""
+# One hash per key, one key per EVALSHA (Cluster safe): see gateway/state/lua/breaker.lua.
 
 
 def _parse(reply: list[Any]) -> tuple[bool, BreakerState]:
@@ -391,12 +259,20 @@ def _parse(reply: list[Any]) -> tuple[bool, BreakerState]:
 
 class RedisBreakerStore:
     """Breaker state in Redis: `<prefix>k:<key>` hashes (one per key, expiring when idle) and a
-    `<prefix>index` set of known keys for `snapshot`. Each operation is ONE EVALSHA."""
+    `<prefix>index` set of known keys for `snapshot`. Each operation is ONE EVALSHA, never in a
+    multi-key pipeline, so it works the same on a single node, Sentinel or Cluster.
 
-    def __init__(self, redis: aioredis.Redis, prefix: str = "gw:brk:") -> None:
+    While the shared `health` says the store is down, calls fail at once (the breakers then fail
+    open) instead of each waiting for a socket timeout.
+    """
+
+    def __init__(self, redis: Any, prefix: str = "gw:brk:", *, health: StoreHealth | None = None,
+                 gate: Gate | None = None) -> None:
         self.redis = redis
         self.prefix = prefix
-        self._script = redis.register_script(BREAKER_LUA)
+        self.health = health or StoreHealth(redis.ping)
+        self.gate = gate or Gate()
+        self._script = register(redis, "breaker")
         self._indexed: set[str] = set()
 
     def _key(self, key: str) -> str:
@@ -414,44 +290,59 @@ class RedisBreakerStore:
             "1" if failure else "0",
         ]
 
+    async def _call(self, coro_fn: Callable[[], Any]) -> Any:
+        if self.health.down:
+            raise ConnectionError("breaker store unreachable (probing in the background)")
+        try:
+            async with self.gate.slot():
+                return await coro_fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            kind = classify(exc)
+            if kind is Failure.DOWN or (kind is Failure.TIMEOUT and not await self.health.confirm(exc)):
+                self.health.mark_down(exc)
+            raise
+
+    async def _eval(self, op: str, key: str, now: float, config: BreakerConfig, failure: bool = False) -> Any:
+        return await self._call(lambda: self._script(keys=[self._key(key)], args=self._args(op, now, config, failure)))
+
     async def _index(self, key: str) -> None:
         if key not in self._indexed:
-            await self.redis.sadd(self.index_key, key)
+            await self._call(lambda: self.redis.sadd(self.index_key, key))
             self._indexed.add(key)
 
     async def allow(self, key: str, now: float, config: BreakerConfig) -> tuple[bool, BreakerState]:
-        return _parse(await self._script(keys=[self._key(key)], args=self._args("A", now, config)))
+        return _parse(await self._eval("A", key, now, config))
 
     async def record(self, key: str, failure: bool, now: float, config: BreakerConfig) -> BreakerState:
         await self._index(key)
-        return _parse(await self._script(keys=[self._key(key)], args=self._args("R", now, config, failure)))[1]
+        return _parse(await self._eval("R", key, now, config, failure))[1]
 
     async def states(self, keys: list[str], now: float, config: BreakerConfig) -> list[BreakerState]:
-        if not keys:
-            return []
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in keys:
-                await self._script(keys=[self._key(key)], args=self._args("S", now, config), client=pipe)
-            replies = await pipe.execute()
+        replies = await asyncio.gather(*(self._eval("S", key, now, config) for key in keys))
         return [_parse(r)[1] for r in replies]
 
     async def snapshot(self, now: float, config: BreakerConfig) -> dict[str, BreakerState]:
-        members = sorted(m.decode() if isinstance(m, bytes) else m for m in await self.redis.smembers(self.index_key))
+        raw = await self._call(lambda: self.redis.smembers(self.index_key))
+        members = sorted(m.decode() if isinstance(m, bytes) else m for m in raw)
         if not members:
             return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in members:
-                pipe.exists(self._key(key))
-            alive = await pipe.execute()
+        alive = await asyncio.gather(*(self._call(lambda k=k: self.redis.exists(self._key(k))) for k in members))
         gone = [k for k, a in zip(members, alive) if not a]
         if gone:  # expired idle keys: drop them from the index
-            await self.redis.srem(self.index_key, *gone)
+            await self._call(lambda: self.redis.srem(self.index_key, *gone))
             self._indexed.difference_update(gone)
         live = [k for k, a in zip(members, alive) if a]
         return dict(zip(live, await self.states(live, now, config)))
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+def _why() -> str:
+    exc = sys.exc_info()[1]
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass(slots=True)
@@ -490,7 +381,7 @@ class Breakers:
         try:
             allowed, st = await self.store.allow(key, now, self.config)
         except Exception:
-            log.warning("breaker store unavailable; allowing %s", key, exc_info=True)
+            _quiet.warning("allow", "breaker store unavailable (%s); allowing %s", _why(), key)
             return True
         self._remember(key, st, now)
         return allowed
@@ -501,7 +392,7 @@ class Breakers:
         try:
             st = await self.store.record(key, failure, now, self.config)
         except Exception:
-            log.warning("breaker store unavailable; outcome for %s dropped", key, exc_info=True)
+            _quiet.warning("record", "breaker store unavailable (%s); outcome for %s dropped", _why(), key)
             return
         self._remember(key, st, now)
 
@@ -518,7 +409,7 @@ class Breakers:
             try:
                 states = await self.store.states(stale, now, self.config)
             except Exception:
-                log.warning("breaker store unavailable; states not refreshed", exc_info=True)
+                _quiet.warning("refresh", "breaker store unavailable (%s); states not refreshed", _why())
             else:
                 for k, st in zip(stale, states):
                     self._remember(k, st, now)

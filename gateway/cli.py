@@ -12,6 +12,13 @@ from gateway.settings import DEFAULT_POLICY, ENV_VAR, Settings
 from policies.loader import PolicyError, load_policy
 
 
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _serve(args: argparse.Namespace) -> int:
     settings = Settings(
         policy_path=os.path.abspath(args.policy or os.environ.get("GATEWAY_POLICY") or str(DEFAULT_POLICY)),
@@ -22,7 +29,19 @@ def _serve(args: argparse.Namespace) -> int:
         dev_key=os.environ.get("GATEWAY_DEV_KEY") or None,
         admin_key=os.environ.get("GATEWAY_ADMIN_KEY") or None,
         budgets_fail_mode=args.budgets_fail_mode,
+        redis_timeout=args.redis_timeout,
+        redis_pool_size=args.redis_pool_size,
+        redis_pool_wait=args.redis_pool_wait,
+        budget_lease=args.budget_lease,
     )
+    if settings.redis_url:
+        from gateway.state import parse_url
+
+        try:
+            parse_url(settings.redis_url)
+        except ValueError as exc:
+            print(f"hybrid-gateway: invalid --redis-url: {exc}", file=sys.stderr)
+            return 2
     try:
         policy = load_policy(settings.policy_path)
     except PolicyError as exc:
@@ -99,11 +118,20 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--policy", help="policy YAML (default: policies/default.yaml, or $GATEWAY_POLICY)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
-    serve.add_argument("--redis-url", help="shared state for many replicas, e.g. redis://127.0.0.1:6379/0")
+    serve.add_argument("--redis-url", help="shared state for many replicas: redis://h:p/0, rediss:// (TLS), "
+                       "redis+cluster://h:p,h:p (Cluster) or redis+sentinel://h:p,h:p/<master> (Sentinel)")
     serve.add_argument("--redis-prefix", default="gw:", help="key prefix, to share one Redis between deployments")
     serve.add_argument("--workers", type=int, default=1)
     serve.add_argument("--server", choices=["granian", "uvicorn"], default="granian")
-    serve.add_argument("--budgets-fail-mode", choices=["closed", "open"], default="closed")
+    serve.add_argument("--budgets-fail-mode", choices=["closed", "open"], default="closed",
+                       help="Redis unreachable: closed = 503; open = admit a local share, replay it later")
+    serve.add_argument("--redis-timeout", type=_positive, default=0.5, help="seconds per Redis command")
+    serve.add_argument("--redis-pool-size", type=int, default=64,
+                       help="Redis commands in flight per process (and connections per node)")
+    serve.add_argument("--redis-pool-wait", type=_positive, default=2.0,
+                       help="seconds an excess Redis command queues before the request gets 503 + Retry-After")
+    serve.add_argument("--budget-lease", type=_positive, default=30.0,
+                       help="seconds a reservation survives its replica (live replicas renew it)")
     serve.set_defaults(func=_serve)
 
     keys = sub.add_parser("keys", help="manage tenant API keys")

@@ -21,9 +21,12 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+import redis.exceptions as redis_errors
+
 from gateway.budgets import (
     BudgetExceeded,
     Budgets,
+    BudgetsBusy,
     BudgetsUnavailable,
     FailoverBudgets,
     MemoryBudgets,
@@ -31,7 +34,9 @@ from gateway.budgets import (
     Reservation,
     openai_duration,
 )
+from gateway.state import Failure, Gate, StoreHealth, classify
 from policies.schema import TenantLimits, TenantSpec
+from tests.redis_servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -93,7 +98,7 @@ class Backend:
             self.store = MemoryBudgets(reservation_ttl=reservation_ttl, now=clock)
         else:
             self.store = RedisBudgets(
-                aioredis.Redis.from_url(REDIS_URL), prefix=self.prefix, reservation_ttl=reservation_ttl, now=clock
+                aioredis.Redis.from_url(REDIS_URL), prefix=self.prefix, lease=reservation_ttl, now=clock
             )
         return self.store
 
@@ -454,7 +459,10 @@ async def test_redis_keys_hash_tag_and_expiry(rclient, prefix):
     store = RedisBudgets(aioredis.Redis.from_url(REDIS_URL), prefix=prefix, now=clock)
     sp = spec(requests_per_minute=5, concurrent_requests=5, model_limits={"big": TenantLimits(tokens_per_day=999)})
     r = await reserve(store, sp, model="big")
+    await store.renew()  # publishes this replica's heartbeat (the one key outside a tenant)
     keys = sorted([k.decode() async for k in rclient.scan_iter(match=prefix + "*")])
+    assert prefix + "replicas" in keys
+    keys.remove(prefix + "replicas")
     assert keys and all(k.startswith(prefix + "{acme}:") for k in keys), keys
     assert prefix + "{acme}:m:big:tok:day:2030-06-15" in keys
     minute = int(clock.t // 60)
@@ -464,7 +472,7 @@ async def test_redis_keys_hash_tag_and_expiry(rclient, prefix):
     assert await rclient.ttl(f"{prefix}{{acme}}:conc") == -1
     assert await rclient.ttl(f"{prefix}{{acme}}:rsv:{r.request_id}") == -1  # no expiry while in flight
     await store.settle(r, tokens=1, usd=0)
-    assert 0 < await rclient.ttl(f"{prefix}{{acme}}:rsv:{r.request_id}") <= 2 * 86400
+    assert 0 < await rclient.ttl(f"{prefix}{{acme}}:rsv:{r.request_id}") <= 300  # minutes, not days
     assert not await rclient.exists(f"{prefix}{{acme}}:rsv")  # nothing in flight: no active set
     await store.aclose()
 
@@ -499,16 +507,26 @@ async def test_double_settle_counts_once(backend):
         await reserve(store, sp)
 
 
-async def test_duplicate_request_id_is_rejected(backend):
+async def test_request_id_in_flight_is_rejected_and_a_finished_one_is_a_new_request(backend):
+    # Issue 18: a client retry reusing the x-request-id of a FINISHED request used to get 409 for
+    # two days. Now only an id still in flight is refused; a finished id starts a new lease, and
+    # a replayed settle of the old lease does not touch the new one.
     store = backend.make()
-    sp = spec(tokens_per_day=1000)
+    sp = spec(tokens_per_day=1000, concurrent_requests=5)
     r = await reserve(store, sp, request_id="same")
     with pytest.raises(ValueError):
         await reserve(store, sp, request_id="same")
+    await reserve(store, sp, request_id="same", tenant="other")  # scoped to the tenant
     await store.settle(r, tokens=1, usd=0)
-    with pytest.raises(ValueError):
-        await reserve(store, sp, request_id="same")
-    assert (await store.usage("acme", sp))["windows"]["tokens_per_day"]["spent"] == 1
+    again = await reserve(store, sp, request_id="same", tokens=20)
+    assert again.lease != r.lease
+    await store.settle(r, tokens=1, usd=0)  # a replay of the first settle: still a no-op
+    w = (await store.usage("acme", sp))["windows"]
+    assert (w["tokens_per_day"]["spent"], w["tokens_per_day"]["reserved"]) == (1, 20)
+    await store.settle(again, tokens=4, usd=0)
+    w = (await store.usage("acme", sp))["windows"]
+    assert (w["tokens_per_day"]["spent"], w["tokens_per_day"]["reserved"]) == (5, 0)
+    assert w["concurrent_requests"]["reserved"] == 0
 
 
 async def test_expired_reservation_is_reclaimed(backend):
@@ -558,12 +576,22 @@ async def test_late_settle_after_reclaim(backend):
     assert w["concurrent_requests"]["reserved"] == 0
 
 
-async def test_settle_unknown_request_is_a_noop(backend):
+async def test_settle_without_a_record_still_records_the_spend_once(backend):
+    # The record can be gone (tombstone expired during a long outage, lost in a fail-over): the
+    # upstream call happened, so its usage counts, and a second replay is a no-op.
     store = backend.make()
-    sp = spec(tokens_per_day=10)
+    sp = spec(tokens_per_day=1000)
+    r = await reserve(store, sp, tokens=10)
+    if backend.kind == "redis":
+        await backend.rclient.delete(backend.key("acme", f"rsv:{r.request_id}"))
+    else:
+        del store._records[("acme", r.request_id)]
+    await store.settle(r, tokens=7, usd=0)
+    await store.settle(r, tokens=7, usd=0)
+    assert (await store.usage("acme", sp))["windows"]["tokens_per_day"]["spent"] == 7
     ghost = Reservation(request_id="ghost", tenant="acme", model="m", tokens=5, usd=0.0, headers={})
-    await store.settle(ghost, tokens=5, usd=0)
-    assert (await store.usage("acme", sp))["windows"]["tokens_per_day"]["spent"] == 0
+    await store.settle(ghost, tokens=5, usd=0)  # names no window: nothing to record
+    assert (await store.usage("acme", sp))["windows"]["tokens_per_day"]["spent"] == 7
 
 
 # ---------------------------------------------------------------------------------------------
@@ -614,62 +642,130 @@ async def test_fail_closed_raises_unavailable():
     await fb.aclose()
 
 
-async def test_fail_open_serves_from_memory(caplog):
-    fb = FailoverBudgets(dead_redis(), mode="open", probe_interval=0.0)
-    sp = spec(requests_per_minute=2)
-    with caplog.at_level(logging.WARNING, logger="gateway.budgets"):
-        a = await reserve(fb, sp)
-        await reserve(fb, sp)
-        with pytest.raises(BudgetExceeded):  # limits still hold, locally
-            await reserve(fb, sp)
-    assert a.backend == "memory" and fb.degraded and fb.fallback_events == 3
-    assert len([r for r in caplog.records if r.name == "gateway.budgets"]) == 1  # once per outage
-    await fb.settle(a, tokens=42, usd=0.0)
-    doc = await fb.usage("acme", sp)
-    assert doc["degraded"] is True and doc["windows"]["tokens_per_day"]["spent"] == 42
-    assert await fb.ping() is True and fb.degraded  # serving, but degraded
-    await fb.aclose()
+@pytest.fixture
+def private_redis():
+    server = RedisServer()
+    yield server
+    server.stop()
 
 
-class Flaky:
-    """Wraps a RedisBudgets' script runner to simulate an outage on demand."""
-
-    def __init__(self, store: RedisBudgets) -> None:
-        self.down = False
-        self._run = store._run
-        store._run = self  # type: ignore[method-assign]
-
-    async def __call__(self, keys, args):
-        if self.down:
-            raise BudgetsUnavailable("simulated outage")
-        return await self._run(keys, args)
+def budgets_on(server: RedisServer, **kw) -> RedisBudgets:
+    client = aioredis.Redis(port=server.port, socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0))
+    return RedisBudgets(client, prefix="t:", health=StoreHealth(client.ping, probe_timeout=0.3, interval=0.2), **kw)
 
 
-async def test_settle_goes_to_the_backend_of_its_reserve(prefix):
-    primary = RedisBudgets(aioredis.Redis.from_url(REDIS_URL), prefix=prefix)
-    flaky = Flaky(primary)
-    primary.ping = lambda: _const(not flaky.down)  # type: ignore[method-assign]
-    fb = FailoverBudgets(primary, mode="open", probe_interval=0.0)
+async def wait_for(predicate, timeout: float = 5.0) -> None:
+    for _ in range(int(timeout / 0.05)):
+        if predicate():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError("condition not reached")
+
+
+async def test_fail_open_admits_a_local_share_journals_and_replays_on_recovery(private_redis, caplog):
+    # Issue 13: fail-open used to fall back to a fresh per-process budget and drop that spend.
+    fb = FailoverBudgets(budgets_on(private_redis), mode="open")
     sp = spec(tokens_per_day=1000)
-    on_redis = await reserve(fb, sp, tokens=100)
-    assert on_redis.backend == "redis"
-    flaky.down = True
-    on_memory = await reserve(fb, sp, tokens=100)
-    assert on_memory.backend == "memory" and fb.degraded
-    await fb.settle(on_redis, tokens=60, usd=0)  # Redis unreachable: queued, not lost, not raised
-    assert fb.pending_settles == 1
-    flaky.down = False
-    assert await fb.ping() is True and not fb.degraded and fb.pending_settles == 0
-    await fb.settle(on_memory, tokens=7, usd=0)  # after recovery, still to memory
-    await fb.settle(on_redis, tokens=60, usd=0)  # replayed already: no double count
-    assert (await primary.usage("acme", sp))["windows"]["tokens_per_day"] | {"resets_at": None} == {
-        "limit": 1000, "spent": 60, "reserved": 0, "remaining": 940, "resets_at": None}
-    assert (await fb.memory.usage("acme", sp))["windows"]["tokens_per_day"]["spent"] == 7
+    before = await reserve(fb, sp, tokens=300)
+    await fb.settle(before, tokens=300, usd=0)  # the last good read: 700 remain
+    in_flight = await reserve(fb, sp, tokens=50)
+    private_redis.pause()  # hung, not refused: the timeout path
+    try:
+        with caplog.at_level(logging.WARNING):
+            a = await reserve(fb, sp, tokens=400)  # one short timeout, one probe, then the local share
+            assert a.backend == "memory" and fb.degraded
+            with pytest.raises(BudgetExceeded):  # share = 700 remaining / 1 replica
+                await reserve(fb, sp, tokens=400)
+            b = await reserve(fb, sp, tokens=200)
+            await fb.settle(a, tokens=350, usd=0)
+            await fb.settle(b, tokens=150, usd=0)
+            await fb.settle(in_flight, tokens=40, usd=0)  # a Redis reservation: queued
+            assert fb.pending_settles == 3 and fb.journaled == 2
+    finally:
+        private_redis.resume()
+    await wait_for(lambda: not fb.degraded and fb.pending_settles == 0)  # the background probe recovers
+    await asyncio.sleep(0.1)
+    w = (await fb.usage("acme", sp))["windows"]["tokens_per_day"]
+    assert (w["spent"], w["reserved"]) == (300 + 350 + 150 + 40, 0), "books == delivered usage"
+    assert fb.overspend == {}, "within the share: no overspend"
+    assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
     await fb.aclose()
 
 
-async def _const(v):
-    return v
+async def test_overspend_after_replay_is_measured_and_logged(private_redis, caplog):
+    fb = FailoverBudgets(budgets_on(private_redis), mode="open")
+    sp = spec(tokens_per_day=100)
+    other = budgets_on(private_redis)  # another replica spends after our last read
+    first = await reserve(fb, sp, tokens=10)
+    await fb.settle(first, tokens=10, usd=0)
+    r = await reserve(other, sp, tokens=80)
+    await other.settle(r, tokens=80, usd=0)
+    await other.aclose()
+    private_redis.pause()
+    try:
+        local = await reserve(fb, sp, tokens=90)  # share from a stale read: 90
+        await fb.settle(local, tokens=90, usd=0)
+    finally:
+        private_redis.resume()
+    with caplog.at_level(logging.WARNING, logger="gateway.budgets"):
+        await wait_for(lambda: not fb.degraded and fb.pending_settles == 0 and fb.overspend)
+    assert fb.overspend == {"tokens_per_day": 80}
+    assert (await fb.usage("acme", sp))["windows"]["tokens_per_day"]["spent"] == 180, "fully recorded"
+    assert any("over limit" in r.getMessage() for r in caplog.records)
+    await fb.aclose()
+
+
+async def test_concurrent_recoveries_replay_each_settle_exactly_once(prefix):
+    # Issue 18: several coroutines replayed the queue at once (IndexError, or a settle dropped).
+    primary = RedisBudgets(aioredis.Redis.from_url(REDIS_URL), prefix=prefix)
+    fb = FailoverBudgets(primary, mode="closed")
+    sp = spec(tokens_per_day=100_000, concurrent_requests=10_000)
+    held = [await reserve(fb, sp, tokens=10) for _ in range(120)]
+    primary.health.mark_down(ConnectionError("simulated"))
+    for i, r in enumerate(held):
+        await fb.settle(r, tokens=i % 7 + 1, usd=0)
+    assert fb.pending_settles == 120
+    primary.health.down = False
+    results = await asyncio.gather(*(fb.ping() for _ in range(40)), return_exceptions=True)
+    assert all(r is True for r in results), results
+    w = (await primary.usage("acme", sp))["windows"]
+    assert w["tokens_per_day"]["spent"] == sum(i % 7 + 1 for i in range(120))
+    assert w["tokens_per_day"]["reserved"] == 0 and w["concurrent_requests"]["reserved"] == 0
+    assert fb.pending_settles == 0 and fb.dropped == 0
+    await fb.aclose()
+
+
+async def test_local_back_pressure_is_busy_not_an_outage(prefix):
+    # Issue 13: pool exhaustion under a burst was read as "Redis is down" (500s, fail-open).
+    primary = RedisBudgets(aioredis.Redis.from_url(REDIS_URL), prefix=prefix, gate=Gate(size=2, wait=0.0))
+    fb = FailoverBudgets(primary, mode="open")
+    sp = spec(tokens_per_day=10_000, concurrent_requests=10_000)
+    got = await asyncio.gather(*(reserve(fb, sp) for _ in range(60)), return_exceptions=True)
+    busy = [g for g in got if isinstance(g, BudgetsBusy)]
+    assert busy and all(isinstance(g, (Reservation, BudgetsBusy)) for g in got)
+    assert not fb.degraded and fb.fallback_events == 0, "the fail mode never flipped"
+    assert all(g.backend == "redis" for g in got if isinstance(g, Reservation))
+    assert classify(redis_errors.ConnectionError("No connection available.")) is Failure.BUSY
+    assert classify(redis_errors.MaxConnectionsError("Too many connections")) is Failure.BUSY
+    assert classify(redis_errors.ConnectionError("Connection refused")) is Failure.DOWN
+    await fb.aclose()
+
+
+async def test_leases_are_renewed_while_alive_and_expire_after_a_crash(prefix):
+    sp = spec(concurrent_requests=1)
+    live = RedisBudgets(aioredis.Redis.from_url(REDIS_URL), prefix=prefix, lease=0.6)
+    other = RedisBudgets(aioredis.Redis.from_url(REDIS_URL), prefix=prefix, lease=0.6)
+    held = await reserve(live, sp)
+    await asyncio.sleep(1.5)  # 2.5 leases: renewed every 0.2 s, so still held
+    with pytest.raises(BudgetExceeded):
+        await reserve(other, sp)
+    await other.renew()
+    assert live.renewals >= 3 and other.replicas == 2, "each replica heartbeats: the fail-open share is 1/2"
+    await live.aclose()  # the replica "crashes": no settle, no more renewals
+    await asyncio.sleep(0.8)
+    await reserve(other, sp)  # one lease later the slot is free again
+    await other.aclose()
+    assert held.request_id
 
 
 # ---------------------------------------------------------------------------------------------
