@@ -1,5 +1,5 @@
-"""A local server that speaks OpenAI's wire protocols (chat completions, legacy completions and
-embeddings), for tests and benchmarks.
+"""A local server that speaks OpenAI's wire protocols (chat completions, legacy completions,
+embeddings and the Responses API), for tests and benchmarks.
 
 It answers like OpenAI does: `chat.completion` JSON, SSE `chat.completion.chunk` streams ending
 in `data: [DONE]`, usage (also as the final chunk when `stream_options.include_usage`), tool
@@ -20,6 +20,7 @@ import json
 import socket
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -301,11 +302,155 @@ def make_app(control: StubControl) -> web.Application:
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/completions", completions)
     app.router.add_post("/v1/embeddings", embeddings)
+    add_responses_route(app, control)
     app.router.add_get("/v1/models", models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", healthz)
     app.router.add_get("/load", load)
     return app
+
+
+# ---- the Responses API (`POST /v1/responses`), written from OpenAI's documentation, independently
+# of the gateway's own builder (protocols/responses_events.py) so that tests compare two readings.
+
+def _responses_last(items: list[Any]) -> dict[str, Any]:
+    return items[-1] if items and isinstance(items[-1], dict) else {}
+
+
+def _responses_text(item: dict[str, Any]) -> str:
+    content = item.get("content")
+    if isinstance(content, list):
+        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+    return str(content or "")
+
+
+def _responses_answer(body: dict[str, Any], control: StubControl) -> list[dict[str, Any]]:
+    """Output items: function calls when function tools are offered and the user spoke last
+    (one per tool when parallel calls are allowed), else `echo: <last user text>` or
+    `tool said: <outputs>` after function_call_output items; a reasoning item first when the
+    caller asked for `reasoning.encrypted_content`."""
+    items = body.get("input")
+    items = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items or [])
+    last = _responses_last(items)
+    output: list[dict[str, Any]] = []
+    n = uuid.uuid4().hex[:12]  # ids are unique, as OpenAI's are
+    if "reasoning.encrypted_content" in (body.get("include") or []):
+        output.append({"type": "reasoning", "id": f"rs_stub{n}", "summary": [], "encrypted_content": f"enc-{n}"})
+    tools = [t for t in body.get("tools") or [] if t.get("type") == "function"]
+    user_last = last.get("role") == "user"
+    if tools and user_last and body.get("tool_choice") != "none":
+        chosen = tools if body.get("parallel_tool_calls", True) else tools[:1]
+        for i, tool in enumerate(chosen[:2]):
+            output.append({"type": "function_call", "id": f"fc_stub{n}_{i}", "call_id": f"call_stub{n}_{i}",
+                           "name": tool["name"], "arguments": json.dumps({"text": _responses_text(last)}),
+                           "status": "completed"})
+        return output
+    if last.get("type") == "function_call_output":
+        outputs = [str(i.get("output")) for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
+        text = "tool said: " + " ".join(outputs[-2:])
+    else:
+        user = next((i for i in reversed(items) if isinstance(i, dict) and i.get("role") == "user"), {})
+        text = control.reply if control.reply is not None else "echo: " + _responses_text(user)
+        fmt = ((body.get("text") or {}).get("format") or {}).get("type")
+        if fmt in ("json_object", "json_schema"):
+            text = json.dumps({"echo": _responses_text(user)})
+    output.append({"type": "message", "id": f"msg_stub{n}", "status": "completed", "role": "assistant",
+                   "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+    return output
+
+
+def _responses_document(body: dict[str, Any], output: list[dict[str, Any]], control: StubControl) -> dict[str, Any]:
+    words = sum(len(p["text"].split()) for i in output if i["type"] == "message" for p in i["content"])
+    words += sum(len(i["arguments"]) // 8 for i in output if i["type"] == "function_call")
+    reasoning = 3 if any(i["type"] == "reasoning" for i in output) else 0
+    prompt = control.usage_prompt_tokens or max(1, len(json.dumps(body.get("input"))) // 4)
+    return {
+        "id": f"resp_stub{uuid.uuid4().hex}", "object": "response", "created_at": int(time.time()),
+        "status": "completed", "error": None, "incomplete_details": None, "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"), "model": body.get("model", "stub"), "output": output,
+        "parallel_tool_calls": body.get("parallel_tool_calls", True), "previous_response_id": None,
+        "reasoning": {"effort": None, "summary": None}, "store": body.get("store", True),
+        "temperature": body.get("temperature", 1.0), "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice", "auto"), "tools": body.get("tools") or [],
+        "top_p": body.get("top_p", 1.0), "truncation": "disabled", "user": None, "metadata": body.get("metadata") or {},
+        "usage": {"input_tokens": prompt, "input_tokens_details": {"cached_tokens": control.cached_tokens},
+                  "output_tokens": max(1, words) + reasoning, "output_tokens_details": {"reasoning_tokens": reasoning},
+                  "total_tokens": prompt + max(1, words) + reasoning},
+    }
+
+
+def _responses_events(document: dict[str, Any]) -> list[dict[str, Any]]:
+    """The documented stream for a finished response (without sequence numbers)."""
+    skeleton = {**document, "status": "in_progress", "output": [], "usage": None}
+    events: list[dict[str, Any]] = [{"type": "response.created", "response": skeleton},
+                                    {"type": "response.in_progress", "response": skeleton}]
+    for index, item in enumerate(document["output"]):
+        if item["type"] == "message":
+            events.append({"type": "response.output_item.added", "output_index": index,
+                           "item": {**item, "status": "in_progress", "content": []}})
+            part = item["content"][0]
+            where = {"item_id": item["id"], "output_index": index, "content_index": 0}
+            events.append({"type": "response.content_part.added", **where,
+                           "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}})
+            words = part["text"].split(" ")
+            for i, word in enumerate(words):
+                events.append({"type": "response.output_text.delta", **where, "delta": word if i == 0 else " " + word,
+                               "logprobs": []})
+            events.append({"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []})
+            events.append({"type": "response.content_part.done", **where, "part": part})
+        elif item["type"] == "function_call":
+            events.append({"type": "response.output_item.added", "output_index": index,
+                           "item": {**item, "status": "in_progress", "arguments": ""}})
+            where = {"item_id": item["id"], "output_index": index}
+            args = item["arguments"]
+            for i in range(0, len(args), 8):
+                events.append({"type": "response.function_call_arguments.delta", **where, "delta": args[i:i + 8]})
+            events.append({"type": "response.function_call_arguments.done", **where, "arguments": args})
+        else:
+            events.append({"type": "response.output_item.added", "output_index": index, "item": item})
+        events.append({"type": "response.output_item.done", "output_index": index, "item": item})
+    events.append({"type": "response.completed", "response": document})
+    return events
+
+
+def add_responses_route(app: web.Application, control: StubControl) -> None:
+    async def responses(request: web.Request) -> web.StreamResponse:
+        if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
+            return _error_response(Fault(401, "Incorrect API key provided"))
+        body = await request.json()
+        if control.record:
+            control.requests.append(body)
+            control.headers.append(dict(request.headers))
+        fault = control.next_fault()
+        if fault is not None and fault.hang_seconds:
+            await asyncio.sleep(fault.hang_seconds)
+        if control.delay_seconds:
+            await asyncio.sleep(control.delay_seconds)
+        mid_stream = fault is not None and (fault.cut_after_chunks is not None or fault.error_after_chunks is not None)
+        if fault is not None and fault.status >= 400 and not mid_stream:
+            return _error_response(fault)
+        document = _responses_document(body, _responses_answer(body, control), control)
+        if not body.get("stream"):
+            return web.Response(body=json.dumps(document).encode(), content_type="application/json")
+        response = web.StreamResponse(headers={"content-type": "text/event-stream", "cache-control": "no-cache"})
+        await response.prepare(request)
+        deltas = 0
+        for sequence, event in enumerate(_responses_events(document)):
+            if mid_stream and fault.cut_after_chunks is not None and deltas >= fault.cut_after_chunks:
+                request.transport.close()
+                return response
+            if mid_stream and fault.error_after_chunks is not None and deltas >= fault.error_after_chunks:
+                error = {"type": "error", "sequence_number": sequence,
+                         "error": {"type": "server_error", "code": "server_error", "message": fault.message, "param": None}}
+                await response.write(b"event: error\ndata: " + json.dumps(error).encode() + b"\n\n")
+                return response
+            event = {"type": event["type"], "sequence_number": sequence, **event}
+            await response.write(f"event: {event['type']}\ndata: ".encode() + json.dumps(event).encode() + b"\n\n")
+            deltas += event["type"].endswith(".delta")
+        await response.write_eof()
+        return response
+
+    app.router.add_post("/v1/responses", responses)
 
 
 def free_port() -> int:

@@ -1,0 +1,128 @@
+"""Stored Responses API answers: the `Session` (gateway/pipeline.py) for `Api.RESPONSES`.
+
+With `store` (OpenAI's default) the final response object and the input it answered are kept in
+the state store (the process's MemoryStore on the embedded default, Redis with --redis-url) for
+the policy's `responses.ttl_seconds`. Keys carry the tenant, so a tenant can neither read nor
+continue another tenant's response: an unknown id and someone else's id are the same 404.
+
+`previous_response_id` is resolved here, before routing, into the whole conversation (the
+stored input, the stored output, then the new input) and removed from what is forwarded, so any
+target can continue any stored response (an Anthropic target can continue what an OpenAI target
+started; a failover mid-conversation loses nothing). `store: false` keeps nothing (Codex's mode:
+it sends the whole input each time, with encrypted reasoning).
+
+Only the Store protocol's get/set/delete are used; the store is best-effort (a Redis outage
+reads as "not found"), as the cache's is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from cache.store import Store
+from protocols.errors import GatewayError
+from protocols.openai_responses import WIRE, ResponsesWire
+from protocols.wire import Inbound
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+PREFIX = "responses:"
+MAX_LIST = 100
+
+
+def not_found(response_id: str, param: str | None = None) -> GatewayError:
+    return GatewayError(404, f"Response with id '{response_id}' not found.", param=param, code="not_found")
+
+
+def as_items(input_: Any) -> list[Any]:
+    """The caller's `input` as a list of items (a string is one user message)."""
+    if isinstance(input_, str):
+        return [{"type": "message", "role": "user", "content": input_}]
+    return list(input_ or [])
+
+
+def listed(item: Any, response_id: str, position: int) -> dict[str, Any]:
+    """An input item as `input_items.list` returns it: with an id (stable: derived from the
+    response and the position when the caller sent none) and message content as parts."""
+    out = dict(item) if isinstance(item, dict) else {"type": "message", "role": "user", "content": str(item)}
+    kind = out.setdefault("type", "message")
+    if kind == "message":
+        content = out.get("content")
+        if isinstance(content, str):
+            part = "output_text" if out.get("role") == "assistant" else "input_text"
+            out["content"] = [{"type": part, "text": content}]
+        out.setdefault("status", "completed")
+    if not out.get("id"):
+        digest = hashlib.sha256(f"{response_id}:{position}".encode()).hexdigest()[:32]
+        out["id"] = {"message": "msg_", "function_call": "fc_", "function_call_output": "fco_"}.get(kind, "item_") + digest
+    return out
+
+
+class ResponseStore:
+    """Session for the Responses API over any `Store`."""
+
+    def __init__(self, store: Store, ttl: Callable[[], float], wire: ResponsesWire = WIRE) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.wire = wire
+
+    @staticmethod
+    def key(tenant: str, response_id: str) -> str:
+        return f"{PREFIX}{tenant}:{response_id}"
+
+    async def load(self, tenant: str, response_id: str, param: str | None = None) -> dict[str, Any]:
+        """`{"response": …, "input": […]}`; 404 in OpenAI's shape when absent (or another tenant's)."""
+        raw = await self.store.get(self.key(tenant, response_id))
+        if raw is None:
+            raise not_found(response_id, param)
+        return _decode(raw)
+
+    async def delete(self, tenant: str, response_id: str) -> None:
+        await self.load(tenant, response_id)  # 404 when absent
+        await self.store.delete(self.key(tenant, response_id))
+
+    # -- the Session hook ---------------------------------------------------------------------------
+
+    async def resolve(self, inbound: Inbound, tenant: str) -> Inbound:
+        previous = getattr(inbound.view, "previous_response_id", None)
+        if previous is None:
+            return inbound
+        record = await self.load(tenant, previous, param="previous_response_id")
+        body = {k: v for k, v in inbound.body.items() if k != "previous_response_id"}
+        # The stored response's output is valid input as it is (messages, function calls,
+        # reasoning items), which is how OpenAI itself continues a conversation.
+        body["input"] = [*record["input"], *record["response"].get("output", []), *as_items(body.get("input"))]
+        return self.wire.inbound(body, view=inbound.view)
+
+    def keeps(self, inbound: Inbound) -> bool:
+        return bool(getattr(inbound.view, "stored", False))
+
+    async def remember(self, inbound: Inbound, tenant: str, answer: bytes) -> None:
+        response = _decode(answer)
+        if not isinstance(response, dict) or not isinstance(response.get("id"), str):
+            return
+        previous = getattr(inbound.view, "previous_response_id", None)
+        if previous is not None:  # what the caller sent, not the expanded request that was forwarded
+            response["previous_response_id"] = previous
+        record = {"response": response, "input": as_items(inbound.body.get("input"))}
+        await self.store.set(self.key(tenant, response["id"]), _encode(record), self.ttl())
+
+    # -- views ----------------------------------------------------------------------------------------
+
+    async def input_items(self, tenant: str, response_id: str, *, order: str = "desc", after: str | None = None,
+                          limit: int = 20) -> dict[str, Any]:
+        """OpenAI's `GET /v1/responses/{id}/input_items` page (`order` desc by default)."""
+        record = await self.load(tenant, response_id)
+        items = [listed(item, response_id, n) for n, item in enumerate(record["input"])]
+        if order == "desc":
+            items.reverse()
+        if after is not None:
+            ids = [item["id"] for item in items]
+            items = items[ids.index(after) + 1:] if after in ids else []
+        page = items[:limit]
+        return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
+                "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}

@@ -1,0 +1,329 @@
+"""Responses API callers on a Chat Completions upstream (self-hosted engines speak chat; Anthropic
+targets are reached through the chat pivot, Chat → Messages, by `translate.find`).
+
+Request: `instructions` and the input items become chat messages (function_call items become the
+assistant's `tool_calls`, consecutive ones merged into one turn as parallel calls;
+function_call_output items become `tool` messages; reasoning items are dropped, a chat upstream
+has nowhere to put them), function tools become chat tools, `text.format` becomes
+`response_format`, `max_output_tokens` becomes `max_tokens`. Hosted tools (web_search,
+file_search, …) and items only OpenAI can resolve (`item_reference`, hosted tool calls) raise
+`Untranslatable`: the caller gets a 400 naming them, never a silently different request.
+
+Response and stream: a `chat.completion` (or its chunks) becomes a `response` object (or the
+documented event sequence, protocols/responses_events.py) with message and function_call items
+and the Responses `usage`. A translator is shared by every request to a target, so the request's
+parameters a response object repeats (`instructions`, `tools`, `temperature`, …) travel from
+`request` to `response`/`stream` in a context variable: both run in the same task, per request.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from protocols.api import Api
+from protocols.errors import Untranslatable
+from protocols.responses_events import Builder, new_id, response_object, usage_object
+from protocols.text import text_of
+from protocols.usage import Usage
+
+if TYPE_CHECKING:  # protocols.translate registers this module: no import cycle at run time
+    from protocols.translate import Hints
+
+# Request fields a response object repeats (translated answers echo them like OpenAI's do).
+ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls", "previous_response_id",
+          "store", "temperature", "text", "tool_choice", "tools", "top_p", "truncation", "user", "reasoning",
+          "service_tier", "max_tool_calls", "top_logprobs")
+_ECHO: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("responses_echo", default={})
+
+_ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
+_FINISH = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
+
+
+def echo_of(body: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: body[k] for k in ECHOED if body.get(k) is not None}
+
+
+# -- request --------------------------------------------------------------------------------------
+
+def _part(part: Any, strict: bool) -> dict[str, Any] | None:
+    """One Responses content part as a chat content part (None: drop it)."""
+    kind = part.get("type") if isinstance(part, Mapping) else None
+    if kind in ("input_text", "output_text", "text"):
+        return {"type": "text", "text": part.get("text") or ""}
+    if kind == "refusal":
+        return {"type": "text", "text": part.get("refusal") or ""}
+    if kind == "input_image" and part.get("image_url"):
+        image = {"url": part["image_url"]}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    if kind == "input_file" and part.get("file_data"):
+        return {"type": "file", "file": {k: part[k] for k in ("file_data", "filename") if part.get(k)}}
+    if strict:
+        what = f"{kind} by file_id" if kind in ("input_image", "input_file") else kind
+        raise Untranslatable(f"content part '{what}' can only be served by an OpenAI target")
+    return None
+
+
+def _content(content: Any, strict: bool) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts = [p for p in (_part(part, strict) for part in content or []) if p is not None]
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts) if len(parts) == 1 else \
+            ("\n".join(p["text"] for p in parts) if parts else "")
+    return parts
+
+
+def _output_text(output: Any) -> str:
+    return output if isinstance(output, str) else (text_of(output) or "")
+
+
+def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[str, Any]]:
+    """Chat messages for `instructions` + `input`. Lenient (`strict=False`) for routing and
+    estimates: what cannot be translated is skipped instead of refused."""
+    messages: list[dict[str, Any]] = []
+    if body.get("instructions"):
+        messages.append({"role": "system", "content": body["instructions"]})
+    items = body.get("input")
+    if isinstance(items, str):
+        messages.append({"role": "user", "content": items})
+        return messages
+    for item in items or []:
+        if not isinstance(item, Mapping):
+            continue
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind == "message":
+            role = _ROLES.get(item.get("role"), "user")
+            messages.append({"role": role, "content": _content(item.get("content"), strict)})
+        elif kind == "function_call":
+            call = {"id": item.get("call_id") or item.get("id"), "type": "function",
+                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}}
+            last = messages[-1] if messages else None
+            if last is not None and last["role"] == "assistant":  # parallel calls: one assistant turn
+                last.setdefault("tool_calls", []).append(call)
+                if last.get("content") == "":
+                    last["content"] = None
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif kind == "function_call_output":
+            messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
+                             "content": _output_text(item.get("output"))})
+        elif kind == "reasoning":
+            continue  # encrypted or summarised reasoning has no place in a chat request
+        elif strict:
+            raise Untranslatable(f"input item '{kind}' can only be served by an OpenAI target")
+    return messages
+
+
+def tools_of(tools: Any, *, strict: bool = True) -> list[dict[str, Any]]:
+    out = []
+    for tool in tools or []:
+        if isinstance(tool, Mapping) and tool.get("type") == "function":
+            function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+            out.append({"type": "function", "function": function})
+        elif strict:
+            kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
+            raise Untranslatable(f"hosted tool '{kind}' is only available on OpenAI targets; "
+                                 "this model's target supports function tools only")
+    return out
+
+
+def _tool_choice(choice: Any) -> Any:
+    if choice is None or isinstance(choice, str):
+        return choice
+    if isinstance(choice, Mapping) and choice.get("type") == "function":
+        return {"type": "function", "function": {"name": choice.get("name")}}
+    if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
+        return "required" if choice.get("mode") == "required" else "auto"
+    raise Untranslatable(f"tool_choice of type '{choice.get('type')}' is only available on OpenAI targets")
+
+
+def _response_format(text: Any) -> dict[str, Any] | None:
+    fmt = text.get("format") if isinstance(text, Mapping) else None
+    if not isinstance(fmt, Mapping) or fmt.get("type") in (None, "text"):
+        return None
+    if fmt["type"] == "json_object":
+        return {"type": "json_object"}
+    if fmt["type"] == "json_schema":
+        schema = {k: fmt[k] for k in ("name", "schema", "description", "strict") if fmt.get(k) is not None}
+        return {"type": "json_schema", "json_schema": schema}
+    raise Untranslatable(f"text.format of type '{fmt['type']}' cannot be translated")
+
+
+def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat completions request for a Responses request (strict: refuses what it cannot say)."""
+    chat: dict[str, Any] = {"model": body.get("model"), "messages": messages_of(body)}
+    if not chat["messages"]:
+        raise Untranslatable("the request has no input to send")
+    tools = tools_of(body.get("tools"))
+    if tools:
+        chat["tools"] = tools
+        if body.get("tool_choice") is not None:
+            chat["tool_choice"] = _tool_choice(body["tool_choice"])
+        if body.get("parallel_tool_calls") is not None:
+            chat["parallel_tool_calls"] = body["parallel_tool_calls"]
+    response_format = _response_format(body.get("text"))
+    if response_format is not None:
+        chat["response_format"] = response_format
+    for source, target in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
+                           ("top_p", "top_p"), ("user", "user")):
+        if body.get(source) is not None:
+            chat[target] = body[source]
+    if body.get("stream"):
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    return chat
+
+
+# -- response -------------------------------------------------------------------------------------
+
+def _usage(chat_usage: Any) -> tuple[dict[str, Any], Usage]:
+    usage = chat_usage if isinstance(chat_usage, Mapping) else {}
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
+    reasoning = int((usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0)
+    return usage_object(prompt, completion, cached, reasoning), Usage(prompt, completion, cached)
+
+
+def _status(finish_reason: str | None) -> tuple[str, str | None]:
+    return _FINISH.get(finish_reason or "stop", ("completed", None))
+
+
+def response_from_chat(completion: Mapping[str, Any], echo: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    choice = (completion.get("choices") or [{}])[0]
+    message = choice.get("message") or {}
+    response = response_object(completion.get("model") or "", created_at=completion.get("created"), echo=dict(echo))
+    builder = Builder(response)
+    if message.get("content") or message.get("refusal"):
+        index, _ = builder.open_message()
+        for kind, text in (("output_text", message.get("content")), ("refusal", message.get("refusal"))):
+            if text:
+                builder.open_part(index, kind)
+                builder.part_delta(index, text)
+        builder.done_item(index)
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        index, _ = builder.open_call(call.get("id") or new_id("call"), function.get("name") or "")
+        builder.call_delta(index, function.get("arguments") or "")
+        builder.done_item(index)
+    usage, books = _usage(completion.get("usage"))
+    status, reason = _status(choice.get("finish_reason"))
+    builder.finish(status, usage=usage, incomplete_reason=reason)
+    return builder.final(), books
+
+
+class _StreamState:
+    """Chat chunks in, Responses events out (one per request)."""
+
+    def __init__(self, echo: Mapping[str, Any]) -> None:
+        self.echo = dict(echo)
+        self.builder: Builder | None = None
+        self.message: int | None = None  # output index of the open message item
+        self.calls: dict[int, int] = {}  # chat tool-call index -> output index
+        self.finish_reason: str | None = None
+        self.usage: Any = None
+
+    def feed(self, chunk: Mapping[str, Any]) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        if self.builder is None:
+            response = response_object(chunk.get("model") or "", created_at=chunk.get("created"), echo=self.echo)
+            self.builder = Builder(response)
+            events.extend(self.builder.start())
+        builder = self.builder
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or []:
+            if choice.get("index", 0) != 0:
+                continue  # n > 1 has no Responses equivalent; the first choice is the answer
+            delta = choice.get("delta") or {}
+            if delta.get("content"):
+                if self.message is None:
+                    self.message, added = builder.open_message()
+                    events.extend((added, builder.open_part(self.message)))
+                events.append(builder.part_delta(self.message, delta["content"]))
+            for call in delta.get("tool_calls") or []:
+                events.extend(self._call(call))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return events
+
+    def _call(self, call: Mapping[str, Any]) -> list[dict[str, Any]]:
+        builder = self.builder
+        events: list[dict[str, Any]] = []
+        function = call.get("function") or {}
+        slot = call.get("index", 0)
+        if slot not in self.calls:
+            events.extend(self._close_message())
+            self.calls[slot], added = builder.open_call(call.get("id") or new_id("call"), function.get("name") or "")
+            events.append(added)
+        if function.get("arguments"):
+            events.append(builder.call_delta(self.calls[slot], function["arguments"]))
+        return events
+
+    def _close_message(self) -> list[dict[str, Any]]:
+        if self.message is None:
+            return []
+        index, self.message = self.message, None
+        return [*self.builder.close_part(index), self.builder.done_item(index)]
+
+    def end(self) -> list[dict[str, Any]]:
+        if self.builder is None or self.finish_reason is None:
+            raise EOFError("the upstream stream ended before its finish_reason")
+        events = self._close_message()
+        for index in sorted(self.calls.values()):
+            events.extend(self.builder.close_call(index))
+        usage, _ = _usage(self.usage)
+        status, reason = _status(self.finish_reason)
+        events.append(self.builder.finish(status, usage=usage, incomplete_reason=reason))
+        return events
+
+
+class ResponsesToChat:
+    """OpenAI Responses callers on an OpenAI Chat Completions upstream."""
+
+    source = Api.RESPONSES
+    target = Api.CHAT
+    # Fields a chat upstream is told (or the gateway itself serves: store, metadata, previous_response_id).
+    TRANSLATED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
+                            "max_output_tokens", "temperature", "top_p", "user", "stream", "store", "metadata",
+                            "previous_response_id"})
+
+    def dropped(self, body: dict[str, Any]) -> list[str]:
+        """What the caller sent that the target will not see (`x-gateway-dropped`)."""
+        dropped = sorted(key for key in body if key not in self.TRANSLATED)
+        items = body.get("input")
+        if isinstance(items, list) and any(isinstance(i, Mapping) and i.get("type") == "reasoning" for i in items):
+            dropped.append("input.reasoning")
+        return dropped
+
+    def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
+        _ECHO.set(echo_of(body))
+        try:
+            return to_chat(body)
+        except Untranslatable:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise Untranslatable(f"request cannot be translated for a chat upstream: {exc}") from exc
+
+    def response(self, body: bytes) -> tuple[bytes, Usage]:
+        document, usage = response_from_chat(msgspec.json.decode(body), _ECHO.get())
+        return msgspec.json.encode(document), usage
+
+    async def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        from protocols.translate import UpstreamStreamError
+
+        state = _StreamState(_ECHO.get())
+        encode = msgspec.json.encode
+        async for payload in payloads:  # nothing is sent before the upstream's first chunk: failover stays open
+            chunk = msgspec.json.decode(payload)
+            if isinstance(chunk, dict) and "error" in chunk:
+                raise UpstreamStreamError(chunk)
+            for event in state.feed(chunk):
+                yield encode(event)
+        for event in state.end():
+            yield encode(event)
