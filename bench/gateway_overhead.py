@@ -4,11 +4,16 @@ A fast local mock upstream (the OpenAI-protocol stub, in its own process) is mea
 and through one gateway worker, side by side and interleaved in one run, so machine noise hits
 both equally. Gateway pinned to CPU 0; load generator and mock on the other CPU.
 
-    python bench/gateway_overhead.py [--quick] [--target passthrough|sdk|both] [--budgets]
+    python bench/gateway_overhead.py [--quick] [--target passthrough|sdk|both] [--budgets] [--endpoints]
 
 With --budgets, a second gateway keeps budgets in Redis for a tenant with limits on every window,
 and its c=1 latency is interleaved with the first (in-memory state, no limits) in the same run:
 the difference is what reserve + settle against Redis add per request.
+
+With --endpoints, the other protocols are measured the same way at c=1 (interleaved with direct
+calls to the same mock): /v1/completions and /v1/embeddings forwarded to the OpenAI mock, and
+/v1/messages forwarded verbatim to an Anthropic mock (in its own process) by a `passthrough`
+Anthropic target.
 
 Prints one JSON document and a one-line summary.
 """
@@ -103,7 +108,18 @@ async def interleaved_c1(session, direct, via, stream, n) -> dict:
     }
 
 
-def write_policy(directory: Path, upstream: str, budgets: bool) -> Path:
+MESSAGES_BODY = {"model": "messages", "max_tokens": 64,
+                 "system": [{"type": "text", "text": "You are a helpful assistant."}],
+                 "messages": [{"role": "user", "content": "Say something short about gateways and latency."}]}
+ENDPOINT_BODIES = {
+    "completions": {"model": "passthrough", "prompt": "Say something short about gateways and latency.",
+                    "max_tokens": 64, "temperature": 0.7},
+    "embeddings": {"model": "passthrough", "input": ["gateways and latency", "one more sentence"],
+                   "encoding_format": "float"},
+}
+
+
+def write_policy(directory: Path, upstream: str, budgets: bool, anthropic: str | None = None) -> Path:
     tenants = ""
     if budgets:
         from gateway.auth import hash_key
@@ -126,12 +142,45 @@ targets:
     model: mock
     base_url: {upstream}
     api_key_env: BENCH_UPSTREAM_KEY
+  messages:
+    provider: anthropic
+    transport: passthrough
+    model: mock
+    base_url: {anthropic or "http://127.0.0.1:9"}
+    api_key_env: BENCH_UPSTREAM_KEY
 models:
   passthrough: {{targets: [passthrough]}}
   sdk: {{targets: [sdk]}}
+  messages: {{targets: [messages]}}
 {tenants}
 """)
     return path
+
+
+def start_anthropic_mock(cpus: set[int]) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.stubs.anthropic_stub", "--api-key", "x"], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: os.sched_setaffinity(0, cpus))
+    return proc, proc.stdout.readline().strip()
+
+
+async def endpoints(session, gateway, upstream: str, anthropic: str, headers: dict, n: int) -> dict:
+    """c=1, interleaved with direct calls, for each non-chat protocol."""
+    out = {}
+    for name, body in ENDPOINT_BODIES.items():
+        raw = json.dumps(body).encode()
+        direct = (f"{upstream}/{name}", raw, headers)
+        via = (f"{gateway.base_url}/{name}", raw, headers)
+        await interleaved_c1(session, direct, via, False, 50)
+        out[f"{name}_c1"] = await interleaved_c1(session, direct, via, False, n)
+    anthropic_headers = {"x-api-key": "x", "anthropic-version": "2023-06-01", "content-type": "application/json"}
+    for stream in (False, True):
+        raw = json.dumps({**MESSAGES_BODY, "stream": stream}).encode()
+        direct = (anthropic + "/v1/messages", raw, anthropic_headers)
+        via = (gateway.root_url + "/v1/messages", raw, {**anthropic_headers, "x-api-key": KEY})
+        await interleaved_c1(session, direct, via, stream, 50)
+        out["messages_stream_c1" if stream else "messages_c1"] = await interleaved_c1(session, direct, via, stream, n)
+    return out
 
 
 async def run(args) -> dict:
@@ -145,7 +194,8 @@ async def run(args) -> dict:
     upstream = f"http://127.0.0.1:{port}/v1"
     results: dict = {"machine_cpus": len(cpus), "gateway_cpus": sorted(gateway_cpu), "budgets": args.budgets}
     tmp = Path(tempfile.mkdtemp())
-    gateway = GatewayProcess(write_policy(tmp, upstream, False), dev_key=KEY, cpus=gateway_cpu,
+    anthropic_mock, anthropic = start_anthropic_mock(other) if args.endpoints else (None, None)
+    gateway = GatewayProcess(write_policy(tmp, upstream, False, anthropic), dev_key=KEY, cpus=gateway_cpu,
                              env={"BENCH_UPSTREAM_KEY": "x"})
     budgeted = None
     if args.budgets:
@@ -170,6 +220,8 @@ async def run(args) -> dict:
             headers = {"authorization": f"Bearer {KEY}", "content-type": "application/json"}
             targets = ["passthrough", "sdk"] if args.target == "both" else [args.target]
             n1 = 300 if args.quick else 2000
+            if args.endpoints:
+                results["endpoints"] = await endpoints(session, gateway, upstream, anthropic, headers, n1)
             secs = 3 if args.quick else 8
             for target in targets:
                 for stream in (False, True):
@@ -197,6 +249,10 @@ async def run(args) -> dict:
             budgeted.stop()
         stub.terminate()
         stub.wait(5)
+        if anthropic_mock is not None:
+            anthropic_mock.stdin.close()
+            anthropic_mock.terminate()
+            anthropic_mock.wait(5)
     return results
 
 
@@ -205,6 +261,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--target", choices=["passthrough", "sdk", "both"], default="both")
     parser.add_argument("--budgets", action="store_true", help="enable a tenant with budgets (Redis)")
+    parser.add_argument("--endpoints", action="store_true", help="also measure completions, embeddings, messages")
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
     args = parser.parse_args()
     try:
@@ -222,6 +279,10 @@ def main() -> None:
         b = results["budgets_c1"]
         print(f"SUMMARY budgets (Redis reserve+settle) add p50 {b['added_p50_ms']:.2f} ms / p99 {b['added_p99_ms']:.2f} ms "
               f"per request at c=1 (target p50 <= 0.5)")
+    if "endpoints" in results:
+        e = results["endpoints"]
+        print("SUMMARY endpoints added p50 at c=1: " + ", ".join(
+            f"{name.removesuffix('_c1')} {r['added_p50_ms']:.2f} ms" for name, r in e.items()) + " (target <= 1)")
     print(f"SUMMARY [{t}] added p50 {c1['added_p50_ms']:.2f} ms / p99 {c1['added_p99_ms']:.2f} ms at c=1 "
           f"(targets <=1 / <=3); stream TTFB added p50 {s1['added_ttfb_p50_ms']:.2f} ms; "
           f"{js['rps']:.0f} req/s non-streamed and {st['rps']:.0f} streams/s at c=32 (targets >=1000 / >=300)")

@@ -91,8 +91,8 @@ class TargetSpec(_Spec):
     # local_embeddings: the bundled MiniLM sentence-embedding model, in process (no download).
     provider: Literal["openai", "azure", "anthropic", "selfhost", "local_embeddings"]
     model: Name
-    # openai only: "sdk" calls through the official SDK; "passthrough" forwards bytes over the
-    # pooled aiohttp session (measured ~3x the throughput; same wire format and auth header).
+    # openai and anthropic: "sdk" calls through the official SDK; "passthrough" forwards bytes over
+    # the pooled aiohttp session (measured ~3x the throughput; same wire format and auth headers).
     transport: Literal["sdk", "passthrough"] = "sdk"
     base_url: str | None = None
     # Several replicas of one self-hosted target (balanced by load and prefix affinity).

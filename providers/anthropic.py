@@ -16,6 +16,7 @@ import os
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import anthropic
 import httpx2
 import msgspec
@@ -107,6 +108,21 @@ def _sdk_timeout(timeouts: Timeouts, *, stream: bool) -> httpx2.Timeout:
 
 
 DEFAULT_MAX_TOKENS = 4096
+API_VERSION = "2023-06-01"
+
+
+def _passthrough(name: str, spec: TargetSpec, session: aiohttp.ClientSession):
+    """`transport: passthrough`: bytes over the pooled aiohttp session, Anthropic's auth headers,
+    no SDK on the hot path (its request building costs ~2 ms a call, see bench/gateway_overhead.py).
+    Callers' `anthropic-version` / `anthropic-beta` headers override the defaults per request."""
+    from providers.selfhost import SelfHostProvider
+
+    key = os.environ.get(spec.api_key_env, "") if spec.api_key_env else ""
+    base = (spec.base_url or "https://api.anthropic.com").rstrip("/") + "/v1"
+    headers = {**spec.headers, "x-api-key": key, "anthropic-version": API_VERSION}
+    forward_spec = msgspec.structs.replace(spec, base_url=base, endpoints=[], api_key_env=None, headers=headers,
+                                           apis=["anthropic.messages"])
+    return SelfHostProvider(name, forward_spec, session)
 
 
 class AnthropicProvider:
@@ -121,9 +137,14 @@ class AnthropicProvider:
         name: str,
         spec: TargetSpec,
         http_client: httpx2.AsyncClient | None = None,
+        *,
+        session: aiohttp.ClientSession | None = None,
     ) -> None:
         self.name = name
         self.spec = spec
+        self._forward = None
+        if spec.transport == "passthrough" and session is not None:
+            self._forward = _passthrough(name, spec, session)
         self.apis = frozenset({Api.MESSAGES})
         self._api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         self._owns_client = http_client is None
@@ -155,6 +176,9 @@ class AnthropicProvider:
 
     async def complete(self, request: ProviderRequest) -> Completion:
         self._require_key()
+        if self._forward is not None:
+            completion = await self._forward.complete(request)
+            return Completion(completion.body, usage_of(completion.body))
         params = self._params(request)
         try:
             async with asyncio.timeout(request.timeouts.total):
@@ -171,6 +195,10 @@ class AnthropicProvider:
         """Yields the upstream's event payloads; an `error` event raises its taxonomy error, and
         a stream that ends before `message_stop` raises `Unavailable` (never a silent cut)."""
         self._require_key()
+        if self._forward is not None:
+            async for payload in self._passthrough_stream(request):
+                yield payload
+            return
         params = self._params(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + request.timeouts.total
@@ -202,6 +230,14 @@ class AnthropicProvider:
                 yield payload
         finally:
             await context.__aexit__(None, None, None)
+
+    async def _passthrough_stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
+        """The forwarded stream, with `error` events raised like the SDK path raises them."""
+        async for payload in self._forward.stream(request):
+            event = _event_decoder.decode(payload)
+            if event.type == "error":
+                raise stream_error(event.error, self.name)
+            yield payload
 
     async def count_tokens(self, request: ProviderRequest) -> TokenCount | None:
         """Anthropic's own count (`POST /v1/messages/count_tokens`): exact, and free."""

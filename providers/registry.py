@@ -51,7 +51,7 @@ def _openai(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Pr
 def _anthropic(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:
     from providers.anthropic import AnthropicProvider
 
-    return AnthropicProvider(name, spec, clients.http)
+    return AnthropicProvider(name, spec, clients.http, session=clients.session)
 
 
 def _selfhost(name: str, spec: TargetSpec, clients: Clients, policy: Policy) -> Provider:

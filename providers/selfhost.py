@@ -109,7 +109,7 @@ class SelfHostProvider:
             async with self._session.post(
                 self._url(request, PATHS[request.api]),
                 data=_encode(request.body),
-                headers=self._headers,
+                headers={**self._headers, **request.forward_headers} if request.forward_headers else self._headers,
                 timeout=self._timeout(request),
             ) as response:
                 body = await response.read()
@@ -138,7 +138,7 @@ class SelfHostProvider:
             response = await self._session.post(
                 self._url(request, PATHS[request.api]),
                 data=_encode(request.body),
-                headers=self._headers,
+                headers={**self._headers, **request.forward_headers} if request.forward_headers else self._headers,
                 timeout=self._timeout(request),
             )
         except aiohttp.ClientError as exc:

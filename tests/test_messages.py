@@ -36,6 +36,13 @@ POLICY = """
         base_url: http://127.0.0.1:{dead_port}
         api_key_env: {key_env}
         timeouts: {{connect: 1, first_token: 2, total: 3}}
+      claude-pt:
+        provider: anthropic
+        transport: passthrough
+        model: claude-upstream-1
+        base_url: {anthropic_url}
+        api_key_env: {key_env}
+        timeouts: {{connect: 2, first_token: 5, total: 10}}
       stub-openai:
         provider: openai
         model: gpt-4o-mini
@@ -58,6 +65,8 @@ POLICY = """
         max_tokens: 64
       gpt-via-messages:
         targets: [stub-openai]
+      claude-fast:
+        targets: [claude-pt]
     retry: {{attempts: 1}}
     tenants:
       tiny:
@@ -271,3 +280,21 @@ def test_cache_reads_and_writes_are_priced_at_their_own_rates():
     pricing = Pricing(input=3, cached_input=0.3, cache_write=3.75, output=15)
     cost = pricing.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens)
     assert cost == pytest.approx((500 * 3 + 200 * 0.3 + 300 * 3.75 + 100 * 15) / 1e6)
+
+
+def test_passthrough_transport_is_verbatim_too(client, stub, openai_stub):
+    body = {"max_tokens": 60, "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "system": [{"type": "text", "text": "sys", "cache_control": {"type": "ephemeral", "ttl": "5m"}}],
+            "messages": [{"role": "user", "content": "bytes over the pool"}]}
+    message = client.messages.create(model="claude-fast", **body,
+                                     extra_headers={"anthropic-beta": "extended-cache-ttl-2025-04-11"})
+    assert stub.last_body == {**body, "model": "claude-upstream-1"}
+    assert stub.requests[-1].headers["anthropic-beta"] == "extended-cache-ttl-2025-04-11"
+    assert message.content[0].type == "thinking" and message.content[-1].text == "bytes over the pool"
+    with client.messages.stream(model="claude-fast", **body) as stream:
+        assert stream.get_final_message().content[-1].text == "bytes over the pool"
+    stub.error_mid_stream("overloaded_error", after=2)
+    with pytest.raises(anthropic.APIStatusError):
+        with client.messages.stream(model="claude-fast", **body) as stream:
+            for _ in stream:
+                pass

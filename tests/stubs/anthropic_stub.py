@@ -638,3 +638,20 @@ def start_anthropic_stub(api_key: str = "test-key", **options: Any) -> Iterator[
         yield stub.base_url, stub.controller
     finally:
         stub.stop()
+
+
+def main() -> None:
+    """Serve standalone (benchmarks run it in its own process): prints the base URL, then serves."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Anthropic Messages API stub")
+    parser.add_argument("--api-key", default="test-key")
+    args = parser.parse_args()
+    stub = AnthropicStub(args.api_key, strict_alternation=False)
+    print(stub.start(), flush=True)
+    sys.stdin.read()  # until the parent closes our stdin
+
+
+if __name__ == "__main__":
+    main()
