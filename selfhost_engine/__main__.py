@@ -22,6 +22,10 @@ def serve(argv: list[str]) -> None:
     p.add_argument("--no-prefix-caching", action="store_true")
     p.add_argument("--enforce-eager", action="store_true")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--speculative-ngram", type=int, default=0, metavar="K",
+                   help="n-gram (prompt-lookup) speculative decoding: draft up to K tokens per step (0 = off)")
+    p.add_argument("--ngram-min", type=int, default=2, help="shortest suffix n-gram looked up")
+    p.add_argument("--ngram-max", type=int, default=4, help="longest suffix n-gram looked up")
     p.add_argument("--log-level", default="warning")
     a = p.parse_args(argv)
 
@@ -36,7 +40,8 @@ def serve(argv: list[str]) -> None:
             gpu_memory_utilization=a.gpu_memory_utilization, max_num_seqs=a.max_num_seqs,
             max_num_batched_tokens=a.max_num_batched_tokens, max_model_len=a.max_model_len, dtype=a.dtype,
             device=a.device, enable_prefix_caching=not a.no_prefix_caching, enforce_eager=a.enforce_eager,
-            num_threads=a.threads)
+            num_threads=a.threads, speculative_ngram=a.speculative_ngram, ngram_min=a.ngram_min,
+            ngram_max=a.ngram_max)
 
     app = create_app(engine_factory=factory)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)

@@ -175,7 +175,8 @@ def test_cli_serve_subprocess(tmp_path):
                    check=True, env=env, cwd=ROOT, capture_output=True, timeout=120)
     port = _free_port()
     proc = subprocess.Popen([sys.executable, "-m", "selfhost_engine", "serve", "--model", str(model),
-                             "--port", str(port), "--threads", "1", "--max-model-len", "256"],
+                             "--port", str(port), "--threads", "1", "--max-model-len", "256",
+                             "--speculative-ngram", "3"],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         base = f"http://127.0.0.1:{port}"
@@ -192,6 +193,7 @@ def test_cli_serve_subprocess(tmp_path):
         c = OpenAI(base_url=base + "/v1", api_key="x", max_retries=0)
         r = c.chat.completions.create(model="m", messages=MSG, max_tokens=4)
         assert r.usage.completion_tokens <= 4 and r.choices[0].finish_reason in ("length", "stop")
+        assert "vllm:spec_decode_num_draft_tokens_total" in httpx.get(base + "/metrics").text
     finally:
         proc.terminate()
         try:
