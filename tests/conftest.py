@@ -36,6 +36,8 @@ def openai_stub(_module_stub):
     control.reply = None
     control.chunks = None
     control.delay_seconds = 0.0
+    control.chunk_delay = 0.0
+    control.streams_finished = control.streams_aborted = 0
     yield _module_stub
 
 

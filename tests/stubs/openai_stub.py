@@ -58,6 +58,9 @@ class StubControl:
     headers: list[dict[str, str]] = field(default_factory=list)
     record: bool = True
     delay_seconds: float = 0.0
+    chunk_delay: float = 0.0  # seconds between streamed chunks (a long stream to hang up on)
+    streams_finished: int = 0  # streams sent to the end
+    streams_aborted: int = 0  # streams the client (the gateway) closed before the end
 
     def fail_next(self, n: int = 1, **fault: Any) -> None:
         for _ in range(n):
@@ -185,6 +188,15 @@ def make_app(control: StubControl) -> web.Application:
                 data["usage"] = None
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
+        try:
+            return await send_chat_stream(response, chunk, include_usage, text, tool_calls, fault, body, cid, created,
+                                          model, request)
+        except (ConnectionResetError, ConnectionError, asyncio.CancelledError):
+            control.streams_aborted += 1
+            raise
+
+    async def send_chat_stream(response, chunk, include_usage, text, tool_calls, fault, body, cid, created, model,
+                               request) -> web.StreamResponse:
         await response.write(chunk({"role": "assistant", "content": "", "refusal": None}))
         sent = 0
         if tool_calls:
@@ -207,6 +219,8 @@ def make_app(control: StubControl) -> web.Application:
                     return response
                 await response.write(chunk({"content": piece}))
                 sent += 1
+                if control.chunk_delay:
+                    await asyncio.sleep(control.chunk_delay)
             finish = "stop"
         await response.write(chunk({}, finish))
         if include_usage:
@@ -215,6 +229,7 @@ def make_app(control: StubControl) -> web.Application:
             await response.write(b"data: " + json.dumps(usage_chunk).encode() + b"\n\n")
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
+        control.streams_finished += 1
         return response
 
     async def models(_: web.Request) -> web.Response:
