@@ -146,6 +146,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         app.state.clients = clients
         shared = _shared_state(settings)
         app.state.shared_state = shared
+        if shared is not None:  # discover the topology (cluster slots, sentinel master) before traffic
+            await shared.health.probe()
         app.state.redis = shared.redis if shared is not None else None
         if shared is None:  # the embedded default: all state in this process
             budgets = MemoryBudgets()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -17,6 +18,13 @@ from tests.stubs.openai_stub import free_port
 
 REDIS_SERVER = shutil.which("redis-server") or "redis-server"
 REDIS_CLI = shutil.which("redis-cli") or "redis-cli"
+
+
+def _text(reply: object) -> str:
+    """CLUSTER INFO as text, whichever shape this redis-py version parses it into."""
+    if isinstance(reply, dict):
+        return "\n".join(f"{k}:{v}" for k, v in reply.items())
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
 
 
 def _wait(predicate, timeout: float, what: str) -> None:
@@ -65,15 +73,30 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free and valid too."""
+    for _ in range(200):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
 class Cluster:
     """Three masters, no replicas, slots spread by `redis-cli --cluster create`."""
 
     def __init__(self) -> None:
         self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                  "--cluster-node-timeout", "2000") for _ in range(3)]
+                                  "--cluster-node-timeout", "2000", port=_cluster_port()) for _ in range(3)]
         subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
                         "--cluster-yes"], check=True, capture_output=True, timeout=30)
-        _wait(lambda: all(b"cluster_state:ok" in n.client().execute_command("CLUSTER INFO") for n in self.nodes),
+        _wait(lambda: all("cluster_state:ok" in _text(n.client().execute_command("CLUSTER", "INFO")) for n in self.nodes),
               15, "cluster_state:ok")
         self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
 
@@ -92,7 +115,7 @@ class SentinelSet:
     def __init__(self, down_after_ms: int = 1000) -> None:
         self.master = RedisServer()
         self.replica = RedisServer("--replicaof", "127.0.0.1", str(self.master.port))
-        _wait(lambda: b"master_link_status:up" in self.replica.client().execute_command("INFO", "replication"),
+        _wait(lambda: self.replica.client().info("replication").get("master_link_status") == "up",
               10, "replica link")
         self.sentinel = RedisServer(
             f"sentinel monitor mymaster 127.0.0.1 {self.master.port} 1",
