@@ -9,7 +9,9 @@ continue another tenant's response: an unknown id and someone else's id are the 
 stored input, the stored output, then the new input) and removed from what is forwarded, so any
 target can continue any stored response (an Anthropic target can continue what an OpenAI target
 started; a failover mid-conversation loses nothing). `store: false` keeps nothing (Codex's mode:
-it sends the whole input each time, with encrypted reasoning).
+it sends the whole input each time, with encrypted reasoning). Each stored output item is also
+kept by its id, so `item_reference` input items (the Vercel AI SDK sends them for earlier
+assistant turns when `store` is on) are expanded here too, from the caller's own tenant only.
 
 Only the Store protocol's get/set/delete are used; the store is best-effort (a Redis outage
 reads as "not found"), as the cache's is.
@@ -31,6 +33,7 @@ from protocols.wire import Inbound
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 PREFIX = "responses:"
+ITEM_PREFIX = "responses-item:"  # stored output items, by id, for item_reference
 MAX_LIST = 100
 
 
@@ -74,6 +77,10 @@ class ResponseStore:
     def key(tenant: str, response_id: str) -> str:
         return f"{PREFIX}{tenant}:{response_id}"
 
+    @staticmethod
+    def item_key(tenant: str, item_id: str) -> str:
+        return f"{ITEM_PREFIX}{tenant}:{item_id}"
+
     async def load(self, tenant: str, response_id: str, param: str | None = None) -> dict[str, Any]:
         """`{"response": …, "input": […]}`; 404 in OpenAI's shape when absent (or another tenant's)."""
         raw = await self.store.get(self.key(tenant, response_id))
@@ -82,21 +89,45 @@ class ResponseStore:
         return _decode(raw)
 
     async def delete(self, tenant: str, response_id: str) -> None:
-        await self.load(tenant, response_id)  # 404 when absent
+        record = await self.load(tenant, response_id)  # 404 when absent
         await self.store.delete(self.key(tenant, response_id))
+        for item in record["response"].get("output") or []:
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                await self.store.delete(self.item_key(tenant, item["id"]))
 
     # -- the Session hook ---------------------------------------------------------------------------
 
     async def resolve(self, inbound: Inbound, tenant: str) -> Inbound:
         previous = getattr(inbound.view, "previous_response_id", None)
-        if previous is None:
+        items = inbound.body.get("input")
+        references = isinstance(items, list) and any(
+            isinstance(item, dict) and item.get("type") == "item_reference" for item in items)
+        if previous is None and not references:
             return inbound
-        record = await self.load(tenant, previous, param="previous_response_id")
         body = {k: v for k, v in inbound.body.items() if k != "previous_response_id"}
-        # The stored response's output is valid input as it is (messages, function calls,
-        # reasoning items), which is how OpenAI itself continues a conversation.
-        body["input"] = [*record["input"], *record["response"].get("output", []), *as_items(body.get("input"))]
+        current = await self._dereference(tenant, as_items(items)) if references else as_items(items)
+        if previous is not None:
+            record = await self.load(tenant, previous, param="previous_response_id")
+            # The stored response's output is valid input as it is (messages, function calls,
+            # reasoning items), which is how OpenAI itself continues a conversation.
+            current = [*record["input"], *record["response"].get("output", []), *current]
+        body["input"] = current
         return self.wire.inbound(body, view=inbound.view)
+
+    async def _dereference(self, tenant: str, items: list[Any]) -> list[Any]:
+        """`item_reference` items (the AI SDK's way to repeat stored output) replaced by the items
+        themselves, from this tenant's stored output only: any target can then serve them, and a
+        reference to another tenant's item is a 404 rather than a lookup in OpenAI's shared store."""
+        out = []
+        for number, item in enumerate(items):
+            if isinstance(item, dict) and item.get("type") == "item_reference":
+                raw = await self.store.get(self.item_key(tenant, str(item.get("id"))))
+                if raw is None:
+                    raise GatewayError(404, f"Item with id '{item.get('id')}' not found.", param=f"input[{number}]",
+                                       code="not_found")
+                item = _decode(raw)
+            out.append(item)
+        return out
 
     def keeps(self, inbound: Inbound) -> bool:
         return bool(getattr(inbound.view, "stored", False))
@@ -109,7 +140,11 @@ class ResponseStore:
         if previous is not None:  # what the caller sent, not the expanded request that was forwarded
             response["previous_response_id"] = previous
         record = {"response": response, "input": as_items(inbound.body.get("input"))}
-        await self.store.set(self.key(tenant, response["id"]), _encode(record), self.ttl())
+        ttl = self.ttl()
+        await self.store.set(self.key(tenant, response["id"]), _encode(record), ttl)
+        for item in response.get("output") or []:  # what `item_reference` may name later
+            if isinstance(item, dict) and isinstance(item.get("id"), str):
+                await self.store.set(self.item_key(tenant, item["id"]), _encode(item), ttl)
 
     # -- views ----------------------------------------------------------------------------------------
 

@@ -161,6 +161,11 @@ def test_retrieve_delete_and_tenant_isolation(a, b, openai_stub):
         with pytest.raises(openai.NotFoundError):
             attempt()
     assert a.responses.retrieve(created.id).id == created.id, "b's delete did nothing"
+    reference = [{"type": "item_reference", "id": created.output[0].id}, {"role": "user", "content": "again"}]
+    with pytest.raises(openai.NotFoundError):
+        b.responses.create(model="gpt-test", input=reference)
+    a.responses.create(model="gpt-test", input=reference, max_output_tokens=20)
+    assert openai_stub.control.requests[-1]["input"][0]["content"][0]["text"] == "echo: mine only", "expanded"
     a.responses.delete(created.id)
     with pytest.raises(openai.NotFoundError) as caught:
         a.responses.retrieve(created.id)
