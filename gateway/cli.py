@@ -33,6 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
         redis_pool_size=args.redis_pool_size,
         redis_pool_wait=args.redis_pool_wait,
         budget_lease=args.budget_lease,
+        body_read_timeout=args.body_read_timeout,
     )
     if settings.redis_url:
         from gateway.state import parse_url
@@ -132,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="seconds an excess Redis command queues before the request gets 503 + Retry-After")
     serve.add_argument("--budget-lease", type=_positive, default=30.0,
                        help="seconds a reservation survives its replica (live replicas renew it)")
+    serve.add_argument("--body-read-timeout", type=_positive, default=30.0,
+                       help="seconds a caller may take to send its request body (slow clients are cut)")
     serve.set_defaults(func=_serve)
 
     keys = sub.add_parser("keys", help="manage tenant API keys")
@@ -146,6 +149,10 @@ def main(argv: list[str] | None = None) -> int:
 
     schema = sub.add_parser("policy-schema", help="print the policy's JSON Schema")
     schema.set_defaults(func=_schema)
+
+    from gateway.router_cli import add_router_commands
+
+    add_router_commands(sub)
 
     args = parser.parse_args(argv)
     return args.func(args)

@@ -87,13 +87,28 @@ FEATURES: tuple[str, ...] = tuple(f.name for f in fields(DifficultyWeights) if f
 class Difficulty:
     score: float
     # Each feature's contribution (weight * value); with kNN also "heuristic" and "knn" (the two
-    # scores that were blended).
+    # scores that were blended); for the learned scorer, logit terms ("text", one per feature, "bias").
     features: dict[str, float] = field(default_factory=dict)
+    # Which scorer produced it, e.g. "learned@1a2b3c4d5e6f" or "heuristic(fallback)"; "" = heuristic.
+    kind: str = ""
+    # Calibrated verdict (score >= the policy's derived threshold); None when no threshold applies.
+    hard: bool | None = None
+    # A candidate scorer's score for the same request (shadow mode): reported, never acted on.
+    shadow: Difficulty | None = None
+    # What the learned model saw (embedding, raw features), kept for decision records / retraining.
+    model_input: dict[str, Any] | None = field(default=None, repr=False)
 
     def header(self) -> str:
         """Compact explanation, e.g. `0.72; length=0.10 code=0.35 math=0.00 ...`."""
         parts = " ".join(f"{name}={value:.2f}" for name, value in self.features.items())
-        return f"{self.score:.2f}; {parts}" if parts else f"{self.score:.2f}"
+        if self.kind:
+            parts = f"{self.kind} {parts}".strip()
+        text = f"{self.score:.2f}; {parts}" if parts else f"{self.score:.2f}"
+        if self.hard is not None:
+            text += f"; hard={'yes' if self.hard else 'no'}"
+        if self.shadow is not None:
+            text += f"; shadow={self.shadow.score:.2f} {self.shadow.kind or 'heuristic'}"
+        return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -493,12 +508,20 @@ class DifficultyScorer:
         }
         return raw, last_user or text
 
-    def _heuristic(self, body: dict[str, Any]) -> tuple[float, dict[str, float], str]:
-        raw, knn_text = self.features(body)
+    def _contributions(self, raw: dict[str, float]) -> tuple[float, dict[str, float]]:
         w = self.weights
         contributions = {name: round(getattr(w, name) * value, 4) for name, value in raw.items()}
-        heuristic = min(1.0, max(0.0, w.bias + sum(contributions.values())))
+        return min(1.0, max(0.0, w.bias + sum(contributions.values()))), contributions
+
+    def _heuristic(self, body: dict[str, Any]) -> tuple[float, dict[str, float], str]:
+        raw, knn_text = self.features(body)
+        heuristic, contributions = self._contributions(raw)
         return heuristic, contributions, knn_text
+
+    def score_raw(self, raw: dict[str, float]) -> Difficulty:
+        """The heuristic score of already-extracted raw features (the learned scorer's fallback)."""
+        heuristic, contributions = self._contributions(raw)
+        return Difficulty(round(heuristic, 4), contributions)
 
     def _blend(self, heuristic: float, contributions: dict[str, float], knn: float | None) -> Difficulty:
         if knn is None:

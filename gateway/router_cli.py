@@ -1,0 +1,88 @@
+"""`hybrid-gateway router ...`: train the learned difficulty model and inspect what a policy gets.
+
+    hybrid-gateway router train [--out gateway/router_data/model.npz] [--feedback FILE ...]
+    hybrid-gateway router info [--model PATH] [--policy P] [--hard-recall R | --frontier-share S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from gateway.difficulty import MiniLMEmbedder
+    from gateway.router_model import DEFAULT_MODEL
+    from gateway.router_train import read_feedback, report_markdown, rows_from_feedback, train
+
+    embed = MiniLMEmbedder(max_tokens=64)
+    feedback = []
+    for path in args.feedback or []:
+        try:
+            feedback += rows_from_feedback(read_feedback(path), embed, weight=args.feedback_weight)
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"hybrid-gateway router train: {path}: {exc}", file=sys.stderr)
+            return 2
+    model = train(embed, feedback=feedback, l2=args.l2)
+    out = Path(args.out or DEFAULT_MODEL)
+    model.save(out)
+    report = out.with_name("TRAINING_REPORT.md") if args.out is None else out.with_suffix(".report.md")
+    report.write_text(report_markdown(model), encoding="utf-8")
+    print(f"model {model.version} -> {out} ({out.stat().st_size} bytes); report -> {report}")
+    print(json.dumps(model.report["calibration"], indent=2))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from gateway.router_model import LearnedModel, ModelError
+
+    model_path = args.model
+    asked: dict = {}
+    if args.policy:
+        from policies.loader import PolicyError, load_policy
+
+        try:
+            spec = load_policy(args.policy).difficulty
+        except PolicyError as exc:
+            print(str(exc), file=sys.stderr)
+            return 2
+        model_path = model_path or spec.model
+        if spec.frontier_share is not None:
+            asked = {"frontier_share": spec.frontier_share}
+        elif spec.hard_recall is not None:
+            asked = {"hard_recall": spec.hard_recall}
+    if args.frontier_share is not None:
+        asked = {"frontier_share": args.frontier_share}
+    elif args.hard_recall is not None:
+        asked = {"hard_recall": args.hard_recall}
+    asked = asked or {"hard_recall": 0.95}
+    try:
+        model = LearnedModel.load(model_path) if model_path else LearnedModel.load()
+        calibration = model.calibration(**asked)
+    except (ModelError, ValueError) as exc:
+        print(f"hybrid-gateway router info: {exc}", file=sys.stderr)
+        return 2
+    print(f"model {model.version}: {model.report.get('model')} over {model.report.get('embedder')}")
+    print(calibration.describe())
+    return 0
+
+
+def add_router_commands(sub: argparse._SubParsersAction) -> None:
+    router = sub.add_parser("router", help="the learned difficulty router: train, inspect")
+    router_sub = router.add_subparsers(dest="router_command", required=True)
+    train = router_sub.add_parser("train", help="fit the model on the shipped corpus (+ production feedback)")
+    train.add_argument("--out", help="model file (default: the shipped gateway/router_data/model.npz)")
+    train.add_argument("--feedback", action="append",
+                       help="JSONL of labelled decisions (GET /admin/router/export) or {text, label|score} rows")
+    train.add_argument("--feedback-weight", type=float, default=1.0, help="weight of a feedback row vs a corpus row")
+    train.add_argument("--l2", type=float, help="fix the L2 strength (default: cross-validated on the train split)")
+    train.set_defaults(func=_train)
+    info = router_sub.add_parser("info", help="the model's version and the threshold a policy's intent derives")
+    info.add_argument("--model", help="model file (default: the shipped one, or the policy's)")
+    info.add_argument("--policy", help="read difficulty.model / hard_recall / frontier_share from this policy")
+    group = info.add_mutually_exclusive_group()
+    group.add_argument("--hard-recall", type=float)
+    group.add_argument("--frontier-share", type=float)
+    info.set_defaults(func=_info)
