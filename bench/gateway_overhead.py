@@ -13,7 +13,9 @@ the difference is what reserve + settle against Redis add per request.
 With --endpoints, the other protocols are measured the same way at c=1 (interleaved with direct
 calls to the same mock): /v1/completions and /v1/embeddings forwarded to the OpenAI mock, and
 /v1/messages forwarded verbatim to an Anthropic mock (in its own process) by a `passthrough`
-Anthropic target.
+Anthropic target, and /v1/responses forwarded verbatim to the OpenAI mock by a `passthrough`
+OpenAI target (`store: false`, streamed and not, and with the default `store`, which keeps the
+answer for previous_response_id off the response path).
 
 Prints one JSON document and a one-line summary.
 """
@@ -119,6 +121,13 @@ ENDPOINT_BODIES = {
 }
 
 
+RESPONSES_BODY = {"model": "responses", "instructions": "You are a helpful assistant.", "max_output_tokens": 64,
+                  "input": [{"role": "user", "content": "Say something short about gateways and latency."}],
+                  "temperature": 0.7}
+RESPONSES_CASES = {"responses_c1": ({"store": False}, False), "responses_stream_c1": ({"store": False}, True),
+                   "responses_stored_c1": ({}, False)}
+
+
 def write_policy(directory: Path, upstream: str, budgets: bool, anthropic: str | None = None) -> Path:
     tenants = ""
     if budgets:
@@ -148,7 +157,14 @@ targets:
     model: mock
     base_url: {anthropic or "http://127.0.0.1:9"}
     api_key_env: BENCH_UPSTREAM_KEY
+  responses:
+    provider: openai
+    transport: passthrough
+    model: mock
+    base_url: {upstream}
+    api_key_env: BENCH_UPSTREAM_KEY
 models:
+  responses: {{targets: [responses]}}
   passthrough: {{targets: [passthrough]}}
   sdk: {{targets: [sdk]}}
   messages: {{targets: [messages]}}
@@ -180,6 +196,12 @@ async def endpoints(session, gateway, upstream: str, anthropic: str, headers: di
         via = (gateway.root_url + "/v1/messages", raw, {**anthropic_headers, "x-api-key": KEY})
         await interleaved_c1(session, direct, via, stream, 50)
         out["messages_stream_c1" if stream else "messages_c1"] = await interleaved_c1(session, direct, via, stream, n)
+    for name, (extra, stream) in RESPONSES_CASES.items():  # verbatim Responses -> OpenAI
+        raw = json.dumps({**RESPONSES_BODY, **extra, "stream": stream}).encode()
+        direct = (f"{upstream}/responses", raw, headers)
+        via = (f"{gateway.base_url}/responses", raw, headers)
+        await interleaved_c1(session, direct, via, stream, 50)
+        out[name] = await interleaved_c1(session, direct, via, stream, n)
     return out
 
 
