@@ -50,7 +50,7 @@ async def _read_body(receive: Receive, ceiling: int) -> bytes:
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > ceiling:
-            raise GatewayError(413, "Request body too large.", code="request_too_large")
+            raise GatewayError(413, f"Request body too large: the maximum is {ceiling} bytes.", code="request_too_large")
         chunks.append(chunk)
         if not message.get("more_body"):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -103,9 +103,11 @@ def endpoint(path: str, api: Api):
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
             declared = int(headers.get("content-length") or 0)
-            ceiling = app.state.settings.body_ceiling_bytes
+            # The policy's limit, enforced as the body arrives (chunked bodies declare nothing).
+            ceiling = min(app.state.settings.body_ceiling_bytes, gateway.runtime.policy.limits.max_body_bytes)
             if declared > ceiling:
-                raise GatewayError(413, "Request body too large.", code="request_too_large")
+                raise GatewayError(413, f"Request body too large: the maximum is {ceiling} bytes.",
+                                   code="request_too_large")
             async with asyncio.timeout(app.state.settings.body_read_timeout):
                 raw = await _read_body(receive, ceiling)
         except GatewayError as exc:
