@@ -14,6 +14,7 @@ import redis
 from gateway.auth import hash_key
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess
+from tests.redis_servers import Cluster, RedisServer
 from tests.stubs.openai_stub import OpenAIStub, StubControl
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -79,13 +80,22 @@ async def _burst(urls: list[str], key: str, n: int) -> list[httpx.Response]:
         return await asyncio.gather(*(one(i) for i in range(n)))
 
 
-def test_exact_budget_across_two_replicas_on_one_redis(tmp_path, upstream, prefix):
+@pytest.fixture(scope="module")
+def cluster():
+    c = Cluster()
+    yield c
+    c.stop()
+
+
+@pytest.mark.parametrize("topology", ["single", "cluster"])
+def test_exact_budget_across_two_replicas_on_one_redis(tmp_path, upstream, prefix, topology, request):
     # Estimate per request = prompt estimate (3 + 4 + 2 = 9) + max_tokens 10 = 19 tokens.
     n = 5
     policy = policy_for(tmp_path, upstream, f"{{tokens_per_day: {19 * n}}}")
     upstream.control.requests.clear()
-    with GatewayProcess(policy, redis_url=REDIS_URL, extra_args=["--redis-prefix", prefix]) as gw1, \
-         GatewayProcess(policy, redis_url=REDIS_URL, extra_args=["--redis-prefix", prefix]) as gw2:
+    url = REDIS_URL if topology == "single" else request.getfixturevalue("cluster").url
+    with GatewayProcess(policy, redis_url=url, extra_args=["--redis-prefix", prefix]) as gw1, \
+         GatewayProcess(policy, redis_url=url, extra_args=["--redis-prefix", prefix]) as gw2:
         responses = asyncio.run(_burst([gw1.base_url, gw2.base_url], KEY_A, 10 * n))
         ok = [r for r in responses if r.status_code == 200]
         refused = [r for r in responses if r.status_code == 429]
@@ -222,6 +232,10 @@ def test_redis_down_fail_closed_is_503_and_not_ready(tmp_path, upstream, prefix)
             client.chat.completions.create(model="budgeted", messages=MESSAGES)
         assert info.value.status_code == 503 and info.value.body["code"] == "budgets_unavailable"
         assert httpx.get(gw.root_url + "/readyz").status_code == 503
+        # Issue 18: the usage view answered 500 while the store was down.
+        usage = httpx.get(gw.base_url + "/usage", headers={"authorization": f"Bearer {KEY_A}"})
+        assert usage.status_code == 503 and usage.json()["error"]["code"] == "budgets_unavailable"
+        assert usage.headers["retry-after"] == "1"
 
 
 def test_redis_down_fail_open_serves_and_reports_degraded(tmp_path, upstream, prefix):
@@ -234,3 +248,72 @@ def test_redis_down_fail_open_serves_and_reports_degraded(tmp_path, upstream, pr
         assert response.status_code == 200 and ready["ready"] is True, "fail-open stays in rotation"
         assert ready["degraded"] is True and ready["checks"]["budgets"]["degraded"] is True
         assert "local fallback" in ready["checks"]["budgets"]["detail"]
+
+
+def _burst_report(responses: list[httpx.Response]) -> tuple[list[httpx.Response], list[int]]:
+    ok = [r for r in responses if r.status_code == 200]
+    return ok, sorted({r.status_code for r in responses})
+
+
+@pytest.mark.parametrize("mode", ["closed", "open"])
+def test_400_request_burst_over_two_replicas_is_exact(tmp_path, upstream, prefix, mode):
+    # Issue 13: 400 concurrent requests over two replicas exhausted redis-py's pool: 500s, 503s,
+    # a fail-open cascade that lost spend, and reservations left behind.
+    budget = 19 * 40
+    policy = policy_for(tmp_path, upstream, f"{{tokens_per_day: {budget}, concurrent_requests: 100000}}")
+    args = ["--redis-prefix", prefix, "--budgets-fail-mode", mode]
+    with GatewayProcess(policy, redis_url=REDIS_URL, extra_args=args) as gw1, \
+         GatewayProcess(policy, redis_url=REDIS_URL, extra_args=args) as gw2:
+        responses = asyncio.run(_burst([gw1.base_url, gw2.base_url], KEY_A, 400))
+        ok, statuses = _burst_report(responses)
+        assert all(s < 500 for s in statuses), statuses
+        assert len(ok) >= 40, "at least the budget's worth of estimates is admitted"
+        assert {r.json()["error"]["code"] for r in responses if r.status_code == 429} <= {"insufficient_quota"}
+        day = usage_of(gw1, "team-a")["windows"]["tokens_per_day"]
+        assert day["spent"] == sum(r.json()["usage"]["total_tokens"] for r in ok)
+        assert day["spent"] <= budget and day["reserved"] == 0
+        assert "degraded" not in usage_of(gw2, "team-a"), "the store never looked down"
+
+
+def test_hung_store_in_open_mode_answers_fast_quietly_and_replays(tmp_path, upstream):
+    # Issue 13: with Redis SIGSTOPped, fail-open served 3 % of normal throughput (p50 1.5 s) and
+    # wrote 5.9 MB of log in 50 s; reservations stayed stranded after Redis came back.
+    server = RedisServer()
+    policy = policy_for(tmp_path, upstream, "{tokens_per_day: 100000}")
+    try:
+        with GatewayProcess(policy, redis_url=server.url, extra_args=["--budgets-fail-mode", "open"]) as gw:
+            client = openai.OpenAI(base_url=gw.base_url, api_key=KEY_A, max_retries=0)
+            delivered = sum(client.chat.completions.create(model="budgeted", messages=MESSAGES).usage.total_tokens
+                            for _ in range(3))
+            lines_before = gw.log().count("\n")
+            server.pause()
+            latencies = []
+            try:
+                for _ in range(6):  # 6 waves of 8 concurrent requests
+                    async def wave() -> list[tuple[float, httpx.Response]]:
+                        async with httpx.AsyncClient(timeout=20) as http:
+                            async def one() -> tuple[float, httpx.Response]:
+                                t0 = time.perf_counter()
+                                r = await http.post(gw.base_url + "/chat/completions",
+                                                    headers={"authorization": f"Bearer {KEY_A}"},
+                                                    json={"model": "budgeted", "messages": MESSAGES, "max_tokens": 10})
+                                return time.perf_counter() - t0, r
+                            return await asyncio.gather(*(one() for _ in range(8)))
+                    for seconds, r in asyncio.run(wave()):
+                        assert r.status_code == 200, r.text
+                        latencies.append(seconds)
+                        delivered += r.json()["usage"]["total_tokens"]
+            finally:
+                server.resume()
+            latencies.sort()
+            assert latencies[len(latencies) // 2] < 0.25, latencies
+            assert gw.log().count("\n") - lines_before < 100
+            for _ in range(100):  # the background probe notices the store, the journal is replayed
+                day = usage_of(gw, "team-a")
+                if "degraded" not in day and day["windows"]["tokens_per_day"]["spent"] == delivered:
+                    break
+                time.sleep(0.1)
+            w = day["windows"]["tokens_per_day"]
+            assert (w["spent"], w["reserved"]) == (delivered, 0), "books == delivered usage"
+    finally:
+        server.stop()
