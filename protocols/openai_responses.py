@@ -257,12 +257,34 @@ def event_type(payload: bytes) -> str:
         return "message"
 
 
+class _AnswerPeek(Struct):
+    type: str | None = None
+    output: list[msgspec.Raw] | None = None
+
+
+_answer_decoder = msgspec.json.Decoder(_AnswerPeek)
+
+
+def check_answer(body: bytes) -> bool:
+    """Whether an upstream's 200 answer is a Responses answer: a response object with its `output`
+    (non-streamed), or a stream's first event. An `error` or `response.failed` first event is not:
+    nothing has reached the caller yet, so the executor fails over instead of relaying it."""
+    try:
+        answer = _answer_decoder.decode(body)
+    except msgspec.DecodeError:
+        return False
+    if answer.type is None:
+        return answer.output is not None
+    return answer.type.startswith("response.") and answer.type != "response.failed"
+
+
 class ResponsesWire:
     api = Api.RESPONSES
     path = "/responses"
     done = b""  # named events; the stream ends after response.completed
     cacheable_streams = True
     requires_final = True  # response.completed / .incomplete / .failed
+    check = staticmethod(check_answer)
 
     def decode(self, raw: bytes) -> Inbound:
         return self.inbound(decode_json(raw))

@@ -212,6 +212,26 @@ def test_deterministic_requests_are_cached_and_replayed_as_the_documented_stream
         "response.output_item.done", "response.completed"]
 
 
+def test_cached_tool_calls_and_reasoning_replay_through_the_sdk_stream_accumulator(a, openai_stub):
+    request = dict(model="gpt-test", input="call both", tools=TOOLS, temperature=0, max_output_tokens=50, store=False,
+                   include=["reasoning.encrypted_content"])
+    first = a.responses.create(**request)
+    with a.responses.stream(**request) as stream:
+        events = _events(stream)
+        final = stream.get_final_response()
+    assert [item.type for item in first.output] == ["reasoning", "function_call", "function_call"]
+    dump = lambda items: [{k: v for k, v in i.model_dump().items() if k != "parsed_arguments"} for i in items]  # noqa: E731
+    assert dump(final.output) == dump(first.output)
+    assert len(openai_stub.control.requests) == 1, "the stream was replayed from the cache"
+    assert sum(e.type == "response.function_call_arguments.done" for e in events) == 2
+
+
+def test_input_items_limit_is_bounded(gw):
+    response = httpx.get(gw.base_url + "/responses/resp_x/input_items?limit=101", timeout=5,
+                         headers={"authorization": f"Bearer {KEY_A}"})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "limit"
+
+
 def test_mid_stream_failure_is_an_error_event_the_sdk_raises(a, openai_stub):
     openai_stub.control.fail_next(error_after_chunks=1, message="boom")
     with pytest.raises(openai.APIError) as caught:
