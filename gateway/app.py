@@ -96,6 +96,9 @@ async def _publish_state(gateway: Gateway, breakers: Breakers, telemetry: Teleme
     """Breaker states and budget remaining per tenant and window, as gauges: read periodically,
     off the request path."""
     while True:
+        budgets = gateway.budgets
+        if isinstance(budgets, FailoverBudgets):
+            telemetry.state_layer(not budgets.degraded, budgets.pending_settles, budgets.overspend)
         try:
             for key, state in (await breakers.snapshot()).items():
                 telemetry.breaker_state(key, state["state"])

@@ -27,6 +27,9 @@ What Prometheus sees (dots become underscores, the unit is appended, counters ge
     gateway_failovers_total                                   from_target, to_target ("none": nothing left)
     gateway_breaker_state                                     target (0 closed, 1 half_open, 2 open)
     gateway_budget_remaining                                  tenant, window
+    gateway_state_store_up                                    (1: the shared Redis answers; 0: fail mode)
+    gateway_budget_journal_pending                            (settles waiting to be replayed into Redis)
+    gateway_budget_overspend                                  window (over the limit after fail-open replays)
     gateway_selfhost_desired_replicas                         target (the autoscaling advisor's advice)
     gateway_selfhost_replicas                                 target (replicas that reported load)
     gateway_selfhost_limiting_signal                          target, signal (1: the signal limiting the advice)
@@ -113,6 +116,9 @@ _COUNTERS = (
 _GAUGES = (
     ("gateway.breaker.state", "", "Breaker state per target: 0 closed, 1 half-open, 2 open."),
     ("gateway.budget.remaining", "", "Budget left in the current window, in the window's unit."),
+    ("gateway.state.store_up", "", "1 while the shared state store (Redis) answers, 0 while its fail mode serves."),
+    ("gateway.budget.journal_pending", "", "Budget settles journaled while Redis was unreachable, not yet replayed."),
+    ("gateway.budget.overspend", "", "Spend over a window's limit found after replaying a fail-open journal."),
     ("gateway.selfhost.desired_replicas", "", "Replicas the autoscaling advisor recommends for a self-hosted target."),
     ("gateway.selfhost.replicas", "", "Replicas of a self-hosted target that reported load in the last sample."),
     ("gateway.selfhost.limiting_signal", "",
@@ -321,6 +327,9 @@ class Telemetry:
         self._reloads = cells["gateway.policy.reloads"]
         self._breaker = cells["gateway.breaker.state"]
         self._budget = cells["gateway.budget.remaining"]
+        self._store_up = cells["gateway.state.store_up"]
+        self._journal = cells["gateway.budget.journal_pending"]
+        self._overspend = cells["gateway.budget.overspend"]
         self._desired_replicas = cells["gateway.selfhost.desired_replicas"]
         self._replicas = cells["gateway.selfhost.replicas"]
         self._limiting = cells["gateway.selfhost.limiting_signal"]
@@ -525,6 +534,14 @@ class Telemetry:
                 cell = self._budget_sets[key] = _cell(
                     self._budget, {"tenant": _label(tenant, "unknown"), "window": _label(window, "unknown")})
         cell[0] = remaining
+
+    def state_layer(self, up: bool, journal_pending: int, overspend: dict[str, float]) -> None:
+        """The shared-state layer's health (gateway/state/) and the fail-open books (budgets)."""
+        with self._lock:
+            _cell(self._store_up, {})[0] = 1 if up else 0
+            _cell(self._journal, {})[0] = journal_pending
+            for window, amount in overspend.items():
+                _cell(self._overspend, {"window": _label(window, "unknown")})[0] = amount
 
     def autoscale(self, target: str, desired: int, replicas: int, signal: str) -> None:
         """The advisor's latest advice for one self-hosted target (gateway/autoscale.py). The

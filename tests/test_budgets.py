@@ -783,3 +783,14 @@ def test_openai_duration_format():
 def test_memory_and_redis_satisfy_the_protocol():
     assert isinstance(MemoryBudgets(), Budgets)
     assert isinstance(FailoverBudgets(dead_redis()), Budgets)
+
+
+def test_state_layer_metrics_report_outage_journal_and_overspend():
+    from gateway.telemetry import Telemetry
+
+    tel = Telemetry(otlp_endpoint="")
+    tel.state_layer(False, 3, {"tokens_per_day": 80})
+    text = tel.metrics_text()[0].decode()
+    tel.shutdown()
+    assert "gateway_state_store_up 0" in text and "gateway_budget_journal_pending 3" in text
+    assert 'gateway_budget_overspend{window="tokens_per_day"} 80' in text

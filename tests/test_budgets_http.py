@@ -72,8 +72,8 @@ def usage_of(gw, tenant: str) -> dict:
     return document
 
 
-async def _burst(urls: list[str], key: str, n: int) -> list[httpx.Response]:
-    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=200)) as client:
+async def _burst(urls: list[str], key: str, n: int, concurrency: int = 200) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=concurrency)) as client:
         async def one(i: int) -> httpx.Response:
             return await client.post(urls[i % len(urls)] + "/chat/completions", headers={"authorization": f"Bearer {key}"},
                                      json={"model": "budgeted", "messages": MESSAGES, "max_tokens": 10})
@@ -264,7 +264,7 @@ def test_400_request_burst_over_two_replicas_is_exact(tmp_path, upstream, prefix
     args = ["--redis-prefix", prefix, "--budgets-fail-mode", mode]
     with GatewayProcess(policy, redis_url=REDIS_URL, extra_args=args) as gw1, \
          GatewayProcess(policy, redis_url=REDIS_URL, extra_args=args) as gw2:
-        responses = asyncio.run(_burst([gw1.base_url, gw2.base_url], KEY_A, 400))
+        responses = asyncio.run(_burst([gw1.base_url, gw2.base_url], KEY_A, 400, concurrency=400))
         ok, statuses = _burst_report(responses)
         assert all(s < 500 for s in statuses), statuses
         assert len(ok) >= 40, "at least the budget's worth of estimates is admitted"
