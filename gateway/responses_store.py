@@ -19,6 +19,7 @@ reads as "not found"), as the cache's is.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,8 @@ _decode = msgspec.json.decode
 PREFIX = "responses:"
 ITEM_PREFIX = "responses-item:"  # stored output items, by id, for item_reference
 MAX_LIST = 100
+# Pauses (seconds) between reads of a missing key before it is declared absent (~0.3 s in all).
+WRITE_GRACE: tuple[float | None, ...] = (0.01, 0.02, 0.05, 0.1, 0.15, None)
 
 
 def not_found(response_id: str, param: str | None = None) -> GatewayError:
@@ -81,9 +84,19 @@ class ResponseStore:
     def item_key(tenant: str, item_id: str) -> str:
         return f"{ITEM_PREFIX}{tenant}:{item_id}"
 
+    async def _get(self, key: str) -> bytes | None:
+        """A read that waits briefly on a miss: the pipeline stores an answer just after sending
+        it, so a client that continues at once (a tool loop) can arrive before the write lands."""
+        for delay in WRITE_GRACE:
+            raw = await self.store.get(key)
+            if raw is not None or delay is None:
+                return raw
+            await asyncio.sleep(delay)
+        return None
+
     async def load(self, tenant: str, response_id: str, param: str | None = None) -> dict[str, Any]:
         """`{"response": …, "input": […]}`; 404 in OpenAI's shape when absent (or another tenant's)."""
-        raw = await self.store.get(self.key(tenant, response_id))
+        raw = await self._get(self.key(tenant, response_id))
         if raw is None:
             raise not_found(response_id, param)
         return _decode(raw)
@@ -121,7 +134,7 @@ class ResponseStore:
         out = []
         for number, item in enumerate(items):
             if isinstance(item, dict) and item.get("type") == "item_reference":
-                raw = await self.store.get(self.item_key(tenant, str(item.get("id"))))
+                raw = await self._get(self.item_key(tenant, str(item.get("id"))))
                 if raw is None:
                     raise GatewayError(404, f"Item with id '{item.get('id')}' not found.", param=f"input[{number}]",
                                        code="not_found")
