@@ -60,6 +60,16 @@ AttemptObserver = Callable[[Candidate, ProviderError | None, float], None]
 CandidateGate = Callable[[Candidate], bool]
 # Opens a tracing span around one attempt on a candidate.
 SpanFactory = Callable[[Candidate], AbstractContextManager]
+# Whether an upstream's 200 answer (a body, or a stream's first payload) is well-formed.
+Check = Callable[[bytes], bool]
+
+
+def _accept_all(_: bytes) -> bool:
+    return True
+
+
+def _garbage(target: str) -> ProviderError:
+    return Unavailable("the upstream answered 200 with a body that is not a valid answer", target=target)
 
 
 async def _backoff_first(retry_state) -> None:
@@ -136,20 +146,30 @@ class Executor:
             yield candidate
 
     async def complete(
-        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None
+        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None,
+        check: Check = _accept_all,
     ) -> tuple[Completion, Candidate, list[Failure]]:
+        """The first candidate's answer that arrives in time and is well-formed. One candidate's
+        attempts share its `total` deadline: a hung target costs `total` once, not per retry."""
         failures: list[Failure] = []
         for candidate in self._candidates(plan, failures):
             request = make_request(candidate)
-            total = request.timeouts.total
 
-            async def call(candidate=candidate, request=request, total=total):
-                async with asyncio.timeout(total):
-                    return await candidate.provider.complete(request)
+            async def call(candidate=candidate, request=request):
+                completion = await candidate.provider.complete(request)
+                if not check(completion.body):
+                    raise _garbage(candidate.name)
+                return completion
 
             try:
-                completion = await self._with_retries(candidate, call, plan.retry, span)
+                async with asyncio.timeout(request.timeouts.total):
+                    completion = await self._with_retries(candidate, call, plan.retry, span)
                 return completion, candidate, failures
+            except TimeoutError:
+                error = Timeout("the upstream did not answer within the total time limit", target=candidate.name)
+                if self.observe:
+                    self.observe(candidate, error, request.timeouts.total)
+                failures.append(Failure(candidate.name, error))
             except ProviderError as exc:
                 if _is_final(exc):
                     raise as_gateway_error(exc) from None
@@ -157,7 +177,8 @@ class Executor:
         raise all_failed(failures)
 
     async def open_stream(
-        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None
+        self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None,
+        check: Check = _accept_all,
     ) -> StreamStart:
         failures: list[Failure] = []
         for candidate in self._candidates(plan, failures):
@@ -168,6 +189,8 @@ class Executor:
                 try:
                     async with asyncio.timeout(min(request.timeouts.first_token, request.timeouts.total)):
                         first = await anext(stream)
+                    if not check(first):
+                        raise _garbage(candidate.name)
                 except BaseException:
                     await close_quietly(stream)
                     raise

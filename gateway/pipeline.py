@@ -379,7 +379,7 @@ class Delivery:
         usage, usd = Usage(), 0.0
         try:
             completion, candidate, failures = await gateway.executor.complete(
-                self.plan, self.make_request, span=self._attempt_span())
+                self.plan, self.make_request, span=self._attempt_span(), check=call.wire.check)
             usage, usd = completion.usage, cost_of(candidate, completion.usage)
         except GatewayError as exc:
             raise gateway.failed(call, exc) from None
@@ -402,7 +402,8 @@ class Delivery:
     async def stream(self) -> Reply:
         gateway, call = self.gateway, self.call
         try:
-            start = await gateway.executor.open_stream(self.plan, self.make_request, span=self._attempt_span())
+            start = await gateway.executor.open_stream(self.plan, self.make_request, span=self._attempt_span(),
+                                                       check=lambda payload: call.wire.peek(payload).valid)
         except GatewayError as exc:
             self._settle(Usage(), 0.0)
             raise gateway.failed(call, exc) from None

@@ -66,6 +66,8 @@ async def relay(
     def frame(payload: bytes) -> bytes | None:
         nonlocal usage, delivered, final
         peek = wire.peek(payload)
+        if not peek.valid:
+            raise Unavailable("the upstream stream sent a payload that is not valid JSON for its protocol", target=target)
         if peek.usage is not None:
             usage = merge(usage, peek.usage)
         delivered += peek.delivered

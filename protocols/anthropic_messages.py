@@ -20,7 +20,7 @@ from protocols.errors import anthropic_error_body
 from protocols.sse import named
 from protocols.text import estimate_tokens, text_of
 from protocols.usage import Usage
-from protocols.wire import Inbound, Peek, convert, decode_json
+from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 class _Loose(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=False):
     pass
@@ -190,6 +190,7 @@ class MessagesWire:
     done = b""
     cacheable_streams = True
     requires_final = True  # a stream without `message_stop` was cut, whatever the transport says
+    check = staticmethod(answer_check("content"))
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)
@@ -211,7 +212,7 @@ class MessagesWire:
         try:
             event = _event_decoder.decode(payload)
         except msgspec.DecodeError:
-            return Peek()
+            return Peek(valid=False)
         if event.type == "message_start" and event.message is not None:
             return Peek(usage=_usage(event.message.usage))
         if event.type == "message_delta":

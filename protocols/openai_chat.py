@@ -20,7 +20,7 @@ from protocols.errors import error_body
 from protocols.sse import DONE, sse
 from protocols.text import estimate_tokens
 from protocols.usage import Usage, UsagePeek, to_usage, usage_of
-from protocols.wire import Inbound, Peek, convert, decode_json
+from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 class _Wire(Struct, kw_only=True, omit_defaults=True):
     pass
@@ -378,6 +378,7 @@ class ChatWire:
     done = DONE
     cacheable_streams = True
     requires_final = False
+    check = staticmethod(answer_check("choices"))
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)
@@ -410,7 +411,7 @@ class ChatWire:
         try:
             chunk = _chunk_decoder.decode(payload)
         except msgspec.DecodeError:
-            return Peek()
+            return Peek(valid=False)
         delivered = sum(1 for c in chunk.choices if c.delta is not None and (c.delta.content or c.delta.tool_calls))
         return Peek(usage=to_usage(chunk.usage), delivered=delivered,
                     usage_only=chunk.usage is not None and not chunk.choices)

@@ -17,7 +17,7 @@ from protocols.errors import bad_request, error_body
 from protocols.sse import DONE, sse
 from protocols.text import estimate_tokens
 from protocols.usage import Usage, UsagePeek, to_usage, usage_of
-from protocols.wire import Inbound, Peek, convert, decode_json
+from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for this endpoint
 
@@ -88,6 +88,7 @@ class CompletionsWire:
     done = DONE
     cacheable_streams = True
     requires_final = False
+    check = staticmethod(answer_check("choices"))
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)
@@ -123,7 +124,7 @@ class CompletionsWire:
         try:
             chunk = _chunk_decoder.decode(payload)
         except msgspec.DecodeError:
-            return Peek()
+            return Peek(valid=False)
         return Peek(usage=to_usage(chunk.usage), delivered=sum(1 for c in chunk.choices if c.text),
                     usage_only=chunk.usage is not None and not chunk.choices)
 

@@ -20,7 +20,7 @@ from protocols.openai_completions import prompts
 from protocols.sse import sse
 from protocols.text import estimate_tokens
 from protocols.usage import Usage, usage_of
-from protocols.wire import Inbound, Peek, convert, decode_json
+from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 MAX_INPUTS = 2048  # OpenAI's documented limit on inputs per request
 
@@ -58,6 +58,7 @@ class EmbeddingsWire:
     done = b""
     cacheable_streams = False
     requires_final = False
+    check = staticmethod(answer_check("data"))
 
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)

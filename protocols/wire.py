@@ -53,6 +53,7 @@ class Peek:
     delivered: int = 0
     usage_only: bool = False  # a usage-only chunk the caller may not have asked for
     final: bool = False  # the protocol's own end-of-answer event
+    valid: bool = True  # False: not this protocol's JSON at all (a garbage upstream)
 
 
 class Wire(Protocol):
@@ -63,6 +64,10 @@ class Wire(Protocol):
     requires_final: bool  # the protocol ends every complete stream with its own final event
 
     def decode(self, raw: bytes) -> Inbound: ...
+
+    def check(self, body: bytes) -> bool:
+        """Whether an upstream's 200 body is this protocol's answer (garbage fails over)."""
+        ...
 
     def prepare(self, inbound: Inbound, upstream_model: str, max_output: int | None) -> dict[str, Any]:
         """The body to forward verbatim: the caller's, with the upstream model (and the admitted
@@ -126,3 +131,18 @@ def convert(body: dict[str, Any], struct: type) -> Any:
             param = path.rstrip("`")
             message = f"Invalid value for '{param}': {message}"
         raise GatewayError(400, message, param=param, code="invalid_request") from None
+
+
+def answer_check(field: str):
+    """A `check` for answers that carry their content in a required list `field` of a JSON object."""
+    struct = msgspec.defstruct(f"_Answer_{field}", [(field, list[msgspec.Raw])])
+    decoder = msgspec.json.Decoder(struct)
+
+    def check(body: bytes) -> bool:
+        try:
+            decoder.decode(body)
+        except msgspec.DecodeError:
+            return False
+        return True
+
+    return check

@@ -102,8 +102,9 @@ _SDK_PARAMS = frozenset(inspect.signature(anthropic.resources.messages.AsyncMess
 
 
 def _sdk_timeout(timeouts: Timeouts, *, stream: bool) -> httpx2.Timeout:
-    """Per-read timeout: a stream must show life within `first_token`; a plain call may take `total`."""
-    read = min(timeouts.first_token, timeouts.total) if stream else timeouts.total
+    """Per-read timeout: the response (streamed or not) must show life within `first_token`, so a
+    hung target fails over then; `total` is enforced around the whole call."""
+    read = min(timeouts.first_token, timeouts.total)
     return httpx2.Timeout(connect=timeouts.connect, read=read, write=read, pool=timeouts.connect)
 
 

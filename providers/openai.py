@@ -86,7 +86,9 @@ class OpenAIProvider:
         resource, known = _RESOURCES[request.api]
         kwargs = sdk_kwargs(self._hinted(request).body, known)
         t = request.timeouts
-        kwargs["timeout"] = httpx2.Timeout(t.total, connect=t.connect)
+        # `read` bounds the wait for each byte, the first included: a hung upstream fails over
+        # after `first_token`, streamed or not; `total` is the executor's deadline.
+        kwargs["timeout"] = httpx2.Timeout(t.total, connect=t.connect, read=min(t.first_token, t.total))
         return resource(self.client), kwargs
 
     def _hinted(self, request: ProviderRequest) -> ProviderRequest:

@@ -105,20 +105,29 @@ class SelfHostProvider:
             self._end(endpoint, tokens, error)
 
     async def _complete(self, request: ProviderRequest) -> Completion:
+        """The response must start within `first_token` (a hung upstream fails over then, not
+        after `total`); the body may take the rest of `total` (the executor's deadline)."""
+        t = request.timeouts
         try:
-            async with self._session.post(
-                self._url(request, PATHS[request.api]),
-                data=_encode(request.body),
-                headers={**self._headers, **request.forward_headers} if request.forward_headers else self._headers,
-                timeout=self._timeout(request),
-            ) as response:
-                body = await response.read()
-                if response.status >= 400:
-                    raise status_error(response.status, body, response.headers, self.name)
+            async with asyncio.timeout(min(t.first_token, t.total)):
+                response = await self._session.post(
+                    self._url(request, PATHS[request.api]),
+                    data=_encode(request.body),
+                    headers={**self._headers, **request.forward_headers} if request.forward_headers else self._headers,
+                    timeout=self._timeout(request),
+                )
         except aiohttp.ClientError as exc:
             raise Unavailable(f"{type(exc).__name__}: {exc}", target=self.name) from None
         except asyncio.TimeoutError:
-            raise Timeout("connect timed out", target=self.name) from None
+            raise Timeout("no response within the first-token deadline", target=self.name) from None
+        try:
+            body = await response.read()
+        except aiohttp.ClientError as exc:
+            raise Unavailable(f"{type(exc).__name__}: {exc}", target=self.name) from None
+        finally:
+            response.release()
+        if response.status >= 400:
+            raise status_error(response.status, body, response.headers, self.name)
         return Completion(body=body, usage=usage_of(body))
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:

@@ -38,6 +38,8 @@ class Fault:
     cut_after_chunks: int | None = None
     # Stream only: send this many chunks, then an in-band error event.
     error_after_chunks: int | None = None
+    # Answer 200 with something that is not the protocol's JSON (a misconfigured proxy's page).
+    garbage: bool = False
 
 
 @dataclass
@@ -154,6 +156,13 @@ def make_app(control: StubControl) -> web.Application:
                 fault = None
         if control.delay_seconds:
             await asyncio.sleep(control.delay_seconds)
+        if fault is not None and fault.garbage:
+            if not body.get("stream"):
+                return web.Response(body=b"<html><body>upstream proxy error</body></html>", content_type="text/html")
+            garbage = web.StreamResponse(headers={"content-type": "text/event-stream"})
+            await garbage.prepare(request)
+            await garbage.write(b"data: <html>upstream proxy error</html>\n\ndata: [DONE]\n\n")
+            return garbage
         if fault is not None and fault.cut_after_chunks is None and fault.error_after_chunks is None:
             if fault.status >= 400:
                 return _error_response(fault)
