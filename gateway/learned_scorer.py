@@ -36,9 +36,10 @@ _shared_lock = threading.Lock()
 def shared_embed() -> Embed:
     """The process-wide short-text embedder (MiniLM, head of the prompt, 64 word pieces).
 
-    Prefers `cache.embedder.get_embedder().embed_query` when the semantic cache's embedder offers
-    it (one model in the process, one embedding per request text); otherwise the router's own
-    lean `MiniLMEmbedder`.
+    Prefers the semantic cache's process-wide embedder (`cache.embedder.get_embedder().head_embedder`:
+    one MiniLM in the process, memoised per token sequence so a request's text is embedded once);
+    otherwise the router's own lean `MiniLMEmbedder`. Both compute the vectors the model was
+    trained on (tokenizer + encoder + mean pooling over the first 64 word pieces).
     """
     global _shared
     with _shared_lock:
@@ -52,14 +53,8 @@ def _cache_embedder() -> Embed | None:
         from cache.embedder import get_embedder
     except ImportError:  # pragma: no cover - cache package always ships with the gateway
         return None
-    query = getattr(get_embedder(), "embed_query", None)
-    if query is None:
-        return None
-
-    def embed(texts: list[str]) -> np.ndarray:
-        return np.vstack([np.asarray(query(t), dtype=np.float32).reshape(1, -1) for t in texts])
-
-    return embed
+    head = getattr(get_embedder(), "head_embedder", None)
+    return head(64) if head is not None else None  # same vectors as MiniLMEmbedder(max_tokens=64)
 
 
 class LearnedScorer:
