@@ -1,8 +1,8 @@
 """One request, start to finish, for every endpoint: the step list of docs/architecture.md as code.
 
-    auth → decode (protocols/) → route (router.py) → admission (admission.py) → cache lookup
-    (caching.py) → reserve (accounting.py) → execute (executor.py) → deliver (streaming.py)
-    → settle (accounting.py) → store (caching.py) → telemetry
+    auth → decode (protocols/) → resolve (sessions.py) → route (router.py) → admission
+    (admission.py) → cache lookup (caching.py) → place (router.py) → reserve (accounting.py)
+    → execute, deliver, settle, store, remember, record (delivery.py)
 
 `Gateway.handle` reads as that list; each step is a function or small object with explicit
 inputs and outputs. The per-request `Call` keeps only what truly spans steps (ids, timing, the
@@ -14,43 +14,34 @@ what was delivered).
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from cache.prefix import prefix_fingerprint, prompt_cache_key
 from cache.response import CachedAnswer, savings
 from gateway.accounting import Accounting
+from gateway.delivery import Delivery, Reply
+from gateway.sessions import NO_SESSION, Session
 from gateway.admission import Admitted, admit, check_body_size, output_cap_to_send
 from gateway.auth import KeyRing, Principal
 from gateway.budgets import Budgets, MemoryBudgets, Reservation
-from gateway.caching import Caching, Lookup, replay
-from gateway.executor import Executor, Failure
+from gateway.caching import Caching, replay
+from gateway.executor import Executor
 from gateway.router import Candidate, Plan, Router
-from gateway.streaming import StreamOutcome, close_quietly, relay
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry
 from policies.schema import Policy
 from protocols.api import Api
 from protocols.errors import GatewayError
 from protocols.wire import Inbound, Wire
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
-from providers.translated import Translated
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 # Caller headers a target speaking the caller's protocol natively should see.
 _FORWARDED = ("anthropic-version", "anthropic-beta")
-
-
-@dataclass(slots=True)
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -88,51 +79,6 @@ def new_request_id(headers: Mapping[str, str]) -> str:
     if incoming and _REQUEST_ID.match(incoming):
         return incoming
     return "req_" + uuid.uuid4().hex
-
-
-def cost_of(candidate: Candidate, usage: Usage) -> float:
-    return candidate.spec.effective_pricing().cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens,
-                                                   usage.cache_write_tokens)
-
-
-async def _keeping(stream: AsyncIterator[bytes], kept: list[bytes]) -> AsyncIterator[bytes]:
-    try:
-        async for payload in stream:
-            kept.append(payload)
-            yield payload
-    finally:
-        await close_quietly(stream)
-
-
-class Session(Protocol):
-    """Conversation state a protocol keeps between requests (the Responses API's stored responses
-    and `previous_response_id`). `NoSession` for stateless protocols."""
-
-    async def resolve(self, inbound: Inbound, tenant: str) -> Inbound:
-        """Before routing: e.g. rebuild the conversation from a stored previous response."""
-        ...
-
-    def keeps(self, inbound: Inbound) -> bool:
-        """Whether the answer must be remembered (then a stream is kept and assembled)."""
-        ...
-
-    async def remember(self, inbound: Inbound, tenant: str, answer: bytes) -> None:
-        """After a complete answer: store it (off the response path)."""
-        ...
-
-
-class NoSession:
-    async def resolve(self, inbound: Inbound, tenant: str) -> Inbound:
-        return inbound
-
-    def keeps(self, inbound: Inbound) -> bool:
-        return False
-
-    async def remember(self, inbound: Inbound, tenant: str, answer: bytes) -> None:
-        pass
-
-
-NO_SESSION = NoSession()
 
 
 class Gateway:
@@ -335,108 +281,3 @@ class Gateway:
 def model_object(name: str) -> dict[str, Any]:
     """A public model as OpenAI's `GET /v1/models/{id}` returns it."""
     return {"id": name, "object": "model", "created": 1_700_000_000, "owned_by": "hybrid-gateway"}
-
-
-class Delivery:
-    """Execute and deliver one admitted, reserved request; settle and store on every path."""
-
-    def __init__(self, gateway: Gateway, call: Call, inbound: Inbound, plan: Plan, admitted: Admitted,
-                 found: Lookup, reservation: Reservation, make_request) -> None:
-        self.gateway = gateway
-        self.call = call
-        self.inbound = inbound
-        self.plan = plan
-        self.admitted = admitted
-        self.found = found
-        self.reservation = reservation
-        self.make_request = make_request
-        self.session = gateway.sessions.get(inbound.api, NO_SESSION)
-
-    def _settle(self, usage: Usage, usd: float) -> None:
-        self.gateway.accounting.settle(self.reservation, usage, usd)
-
-    def _attempt_span(self):
-        telemetry, span = self.gateway.telemetry, self.call.span
-        return lambda c: telemetry.stage(span, "gateway.attempt", {
-            "gateway.target": c.name, "gen_ai.provider.name": c.spec.provider, "gen_ai.request.model": c.spec.model})
-
-    def _route_headers(self, candidate: Candidate, failures: list[Failure]) -> None:
-        headers = self.call.headers
-        headers["x-gateway-target"] = candidate.name
-        if failures:
-            headers["x-gateway-fallbacks"] = ",".join(f.target for f in failures)
-            for failure in failures:
-                self.gateway.telemetry.failover(failure.target, candidate.name)
-        if self.gateway.caching.enabled:
-            headers["x-gateway-cache"] = self.found.header
-        if isinstance(candidate.provider, Translated):  # say what the target could not be told
-            dropped = candidate.provider.dropped(self.inbound.body)
-            if dropped:
-                headers["x-gateway-dropped"] = ",".join(dropped)
-
-    async def complete(self) -> Reply:
-        gateway, call = self.gateway, self.call
-        usage, usd = Usage(), 0.0
-        try:
-            completion, candidate, failures = await gateway.executor.complete(
-                self.plan, self.make_request, span=self._attempt_span(), check=call.wire.check)
-            usage, usd = completion.usage, cost_of(candidate, completion.usage)
-        except GatewayError as exc:
-            raise gateway.failed(call, exc) from None
-        except asyncio.CancelledError:
-            # The caller went away mid-call: the upstream may still bill the prompt.
-            usage = Usage(prompt_tokens=self.admitted.prompt_tokens)
-            usd = max(cost_of(c, usage) for c in self.plan.candidates)
-            raise
-        finally:
-            self._settle(usage, usd)
-        self._route_headers(candidate, failures)
-        gateway.record(call, candidate, usage, usd, status=200, error=None, ttft_s=None,
-                       fallbacks=len(failures), cache=str(self.found.decision.status))
-        if gateway.caching.should_store(self.found):
-            gateway.caching.store_later(self.found, completion.body, usage, self.plan.cache, gateway.accounting.later)
-        if self.session.keeps(self.inbound):
-            gateway.accounting.later(self.session.remember(self.inbound, call.tenant, completion.body))
-        return Reply(200, call.headers, body=completion.body)
-
-    async def stream(self) -> Reply:
-        gateway, call = self.gateway, self.call
-        try:
-            start = await gateway.executor.open_stream(self.plan, self.make_request, span=self._attempt_span(),
-                                                       check=lambda payload: call.wire.peek(payload).valid)
-        except GatewayError as exc:
-            self._settle(Usage(), 0.0)
-            raise gateway.failed(call, exc) from None
-        except BaseException:
-            self._settle(Usage(), 0.0)
-            raise
-        candidate = start.candidate
-        self._route_headers(candidate, start.failures)
-        # A cacheable stream is kept (references only) so a clean finish can be stored as one answer.
-        cache = gateway.caching.should_store(self.found) and call.wire.cacheable_streams
-        remember = self.session.keeps(self.inbound)
-        kept: list[bytes] | None = [start.first] if cache or remember else None
-        rest = start.rest if kept is None else _keeping(start.rest, kept)
-
-        async def settle(outcome: StreamOutcome) -> None:
-            usd = cost_of(candidate, outcome.usage)
-            self._settle(outcome.usage, usd)
-            if kept is not None and outcome.completed and outcome.error is None:
-                body = call.wire.assemble(kept)
-                if body is not None and cache:
-                    gateway.caching.store_later(self.found, body, outcome.usage, self.plan.cache,
-                                                gateway.accounting.later)
-                if body is not None and remember:
-                    gateway.accounting.later(self.session.remember(self.inbound, call.tenant, body))
-            error = type(outcome.error).__name__ if outcome.error else (None if outcome.completed else "client_disconnect")
-            gateway.record(call, candidate, outcome.usage, usd, status=200, error=error, ttft_s=outcome.first_byte_s,
-                           fallbacks=len(start.failures), cache=str(self.found.decision.status))
-
-        frames = relay(
-            call.wire, start.first, rest,
-            include_usage=self.inbound.include_usage,
-            prompt_tokens_estimate=self.admitted.prompt_tokens,
-            deadline=time.monotonic() + candidate.timeouts.total,
-            target=candidate.name, started=call.started, on_done=settle,
-        )
-        return Reply(200, call.headers, stream=frames)
