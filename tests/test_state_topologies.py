@@ -13,7 +13,12 @@ import pytest
 
 from cache.store import RedisStore
 from gateway.breaker import BreakerConfig, Breakers, RedisBreakerStore
-from gateway.budgets import BudgetExceeded, BudgetsUnavailable, FailoverBudgets, RedisBudgets
+from gateway.budgets import (
+    BudgetExceeded,
+    BudgetsUnavailable,
+    FailoverBudgets,
+    RedisBudgets,
+)
 from gateway.state import RedisConfig, SharedState, parse_url
 from policies.schema import TenantLimits, TenantSpec
 from tests.redis_servers import Cluster, SentinelSet

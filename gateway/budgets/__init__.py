@@ -35,7 +35,13 @@ Semantics decisions:
   again (`ValueError` → 409); once finished, the same id is a new request.
 """
 
-from gateway.budgets.api import BudgetExceeded, Budgets, BudgetsBusy, BudgetsUnavailable, Reservation
+from gateway.budgets.api import (
+    BudgetExceeded,
+    Budgets,
+    BudgetsBusy,
+    BudgetsUnavailable,
+    Reservation,
+)
 from gateway.budgets.failover import FailoverBudgets
 from gateway.budgets.memory import MemoryBudgets
 from gateway.budgets.redis_store import RedisBudgets

@@ -16,7 +16,7 @@ class Count:
     def used(self) -> int:
         return self.spent + self.reserved
 
-    def plus_reserved(self, amount: int) -> "Count":
+    def plus_reserved(self, amount: int) -> Count:
         return Count(self.spent, self.reserved + amount)
 
 

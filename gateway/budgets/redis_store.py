@@ -27,7 +27,15 @@ from gateway.budgets.api import BudgetsBusy, BudgetsUnavailable, Reservation
 from gateway.budgets.counts import Count, pairs
 from gateway.budgets.render import exceeded, reservation, usage_doc
 from gateway.budgets.windows import Planner, check_request, usd_to_nano
-from gateway.state import Failure, Gate, QuietLog, StoreBusy, StoreHealth, classify, register
+from gateway.state import (
+    Failure,
+    Gate,
+    QuietLog,
+    StoreBusy,
+    StoreHealth,
+    classify,
+    register,
+)
 from policies.schema import TenantSpec
 
 log = logging.getLogger("gateway.budgets")

@@ -28,7 +28,7 @@ class SharedState:
             self.health = StoreHealth(self.redis.ping)
 
     @classmethod
-    def connect(cls, config: RedisConfig, prefix: str = "gw:", *, probe_interval: float = 1.0) -> "SharedState":
+    def connect(cls, config: RedisConfig, prefix: str = "gw:", *, probe_interval: float = 1.0) -> SharedState:
         redis = connect(config)
         return cls(
             redis=redis,

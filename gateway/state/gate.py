@@ -27,7 +27,7 @@ class Gate:
 
     @property
     def in_flight(self) -> int:
-        return self.size - self._sem._value  # noqa: SLF001 - a gauge, read-only
+        return self.size - self._sem._value
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
