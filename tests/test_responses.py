@@ -13,6 +13,8 @@ import uuid
 import httpx
 import openai
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from gateway.auth import hash_key
@@ -342,3 +344,46 @@ def test_codex_shaped_loop(a, openai_stub):
         with pytest.raises(openai.NotFoundError):
             a.responses.retrieve(final.id)
     assert any(i.get("encrypted_content") for i in openai_stub.control.requests[-1]["input"])
+
+
+# -- hostile input: structured fuzz of the translated path ------------------------------------------
+
+_text = st.text(max_size=12)
+_part = st.one_of(
+    st.fixed_dictionaries({"type": st.sampled_from(["input_text", "output_text", "text", "refusal"]), "text": _text}),
+    st.fixed_dictionaries({"type": st.just("input_image"), "image_url": st.sampled_from(["data:image/png;base64,AA", ""])}),
+    st.fixed_dictionaries({"type": st.sampled_from(["input_file", "input_audio", "weird"]), "file_id": _text}),
+    st.dictionaries(_text, _text, max_size=2), st.integers(), st.none())
+_item = st.one_of(
+    st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "system", "developer", "tool", "x"]),
+                           "content": st.one_of(_text, st.lists(_part, max_size=3), st.none())}),
+    st.fixed_dictionaries({"type": st.just("function_call"), "call_id": _text, "name": _text, "arguments": _text}),
+    st.fixed_dictionaries({"type": st.just("function_call_output"), "call_id": _text,
+                           "output": st.one_of(_text, st.lists(_part, max_size=2))}),
+    st.fixed_dictionaries({"type": st.sampled_from(["reasoning", "item_reference", "web_search_call", "message"]),
+                           "id": _text, "summary": st.lists(st.dictionaries(_text, _text, max_size=1), max_size=1)}),
+    st.dictionaries(_text, st.one_of(_text, st.integers()), max_size=3), _text, st.integers())
+_tool = st.one_of(
+    st.fixed_dictionaries({"type": st.just("function"), "name": _text,
+                           "parameters": st.just({"type": "object", "properties": {}})}),
+    st.fixed_dictionaries({"type": st.sampled_from(["web_search", "file_search", "mcp"])}), st.dictionaries(_text, _text, max_size=1))
+_bodies = st.fixed_dictionaries(
+    {"model": st.just("claude-test"), "input": st.one_of(_text, st.lists(_item, max_size=5))},
+    optional={"tools": st.lists(_tool, max_size=2), "instructions": st.one_of(_text, st.integers()),
+              "tool_choice": st.one_of(st.sampled_from(["auto", "none", "required", "bogus"]),
+                                       st.fixed_dictionaries({"type": st.sampled_from(["function", "web_search", "allowed_tools"]),
+                                                              "name": _text})),
+              "text": st.fixed_dictionaries({"format": st.fixed_dictionaries(
+                  {"type": st.sampled_from(["text", "json_object", "json_schema", "grammar"]), "name": _text})}),
+              "max_output_tokens": st.integers(-5, 2000), "temperature": st.floats(-1, 3),
+              "previous_response_id": _text, "store": st.booleans(), "stream": st.booleans()})
+
+
+@settings(max_examples=60, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(body=_bodies)
+def test_fuzzed_responses_bodies_never_get_a_5xx(gw, claude_stub, body):
+    response = httpx.post(gw.base_url + "/responses", json=body, timeout=10,
+                          headers={"authorization": f"Bearer {KEY_A}"})
+    assert response.status_code < 500, (body, response.text[:500])
+    if response.status_code >= 400:
+        assert response.json()["error"]["message"]
