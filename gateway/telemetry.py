@@ -1,5 +1,8 @@
 """Telemetry: OpenTelemetry spans and metrics for every stage of a request.
 
+(One file of ~650 lines on purpose: every metric name, its labels and its hot-path recording sit
+together, so the table below, the dashboards and the code cannot drift apart.)
+
 One `Telemetry` object per app. It owns its own SDK `TracerProvider` and `MeterProvider` (the
 global providers are never set, so several apps in one process do not clash) and a private
 `prometheus_client.CollectorRegistry` that the OTel `PrometheusMetricReader` registers its
@@ -127,20 +130,60 @@ _GAUGES = (
 )
 
 
-def _cell(cells: dict[tuple, list], attrs: dict) -> list:
-    """The [value, attributes] cell of one label set (created once; cumulative for its lifetime)."""
+@dataclass(slots=True)
+class _Cell:
+    """One counter or gauge value with its attributes, read by the observable instrument."""
+
+    value: float
+    attrs: dict
+
+
+def _cell(cells: dict[tuple, _Cell], attrs: dict) -> _Cell:
+    """The cell of one label set (created once; cumulative for its lifetime)."""
     key = tuple(sorted(attrs.items()))
     cell = cells.get(key)
     if cell is None:
-        cell = cells[key] = [0, attrs]
+        cell = cells[key] = _Cell(0, attrs)
     return cell
 
 
-def _observe(cells: dict[tuple, list]):
+def _observe(cells: dict[tuple, _Cell]):
     def callback(_options: CallbackOptions) -> list[Observation]:
-        return [Observation(value, attrs) for value, attrs in list(cells.values())]
+        return [Observation(cell.value, cell.attrs) for cell in list(cells.values())]
 
     return callback
+
+
+@dataclass(frozen=True, slots=True)
+class _RequestSets:
+    """Per label tuple of a finished request: attribute dicts for the histograms, and the counter
+    cells to add to. Built once per distinct label tuple."""
+
+    input_tokens: dict
+    output_tokens: dict
+    genai_duration: dict
+    duration: dict
+    ttft: dict
+    queue: dict
+    requests: _Cell
+    cost: _Cell
+    input: _Cell
+    output: _Cell
+    cached: _Cell
+    errors: _Cell | None
+
+
+@dataclass(frozen=True, slots=True)
+class _AttemptSets:
+    count: _Cell
+    attrs: dict
+
+
+@dataclass(frozen=True, slots=True)
+class _CacheSets:
+    requests: _Cell
+    saved_tokens: _Cell
+    saved_usd: _Cell
 
 
 @dataclass(slots=True)
@@ -307,7 +350,7 @@ class Telemetry:
         # (well under a microsecond); OTel observable instruments report the cumulative values
         # when the reader collects. A synchronous SDK `add` would cost as much as a histogram record.
         self._lock = threading.Lock()
-        cells: dict[str, dict[tuple, list]] = {}
+        cells: dict[str, dict[tuple, _Cell]] = {}
         for name, unit, description in _COUNTERS:
             cells[name] = c = {}
             m.create_observable_counter(name, callbacks=[_observe(c)], unit=unit, description=description)
@@ -333,16 +376,16 @@ class Telemetry:
         self._desired_replicas = cells["gateway.selfhost.desired_replicas"]
         self._replicas = cells["gateway.selfhost.replicas"]
         self._limiting = cells["gateway.selfhost.limiting_signal"]
-        self._limiting_sets: dict[str, dict[str, list]] = {}  # target -> signal -> cell
+        self._limiting_sets: dict[str, dict[str, _Cell]] = {}  # target -> signal -> cell
 
         # label tuple -> prebuilt attribute dicts and counter cells
-        self._request_sets: dict[tuple, tuple] = {}
-        self._cache_sets: dict[tuple, tuple] = {}
-        self._attempt_sets: dict[tuple, tuple] = {}
-        self._failover_sets: dict[tuple, list] = {}
-        self._breaker_sets: dict[str, list] = {}
-        self._budget_sets: dict[tuple, list] = {}
-        self._reject_sets: dict[tuple, list] = {}
+        self._request_sets: dict[tuple, _RequestSets] = {}
+        self._cache_sets: dict[tuple, _CacheSets] = {}
+        self._attempt_sets: dict[tuple, _AttemptSets] = {}
+        self._failover_sets: dict[tuple, _Cell] = {}
+        self._breaker_sets: dict[str, _Cell] = {}
+        self._budget_sets: dict[tuple, _Cell] = {}
+        self._reject_sets: dict[tuple, _Cell] = {}
         self._reload_sets = {ok: _cell(self._reloads, {"result": "ok" if ok else "error"}) for ok in (True, False)}
         self._free_model = _Bounded()
         self._free_tenant = _Bounded()
@@ -421,7 +464,7 @@ class Telemetry:
 
     # -- metrics --------------------------------------------------------------------------------
 
-    def _request_labels(self, r: RequestRecord) -> tuple:
+    def _request_labels(self, r: RequestRecord) -> _RequestSets:
         key = (r.tenant, r.model, r.target, r.provider, r.stream, r.status, r.cache, r.error_type)
         sets = self._request_sets.get(key)
         if sets is not None:
@@ -437,21 +480,22 @@ class Telemetry:
             genai_duration["error.type"] = r.error_type
         per_target = {"tenant": tenant, "model": model, "target": target, "provider": provider}
         with self._lock:
-            sets = (
-                {"gen_ai.token.type": "input", **genai},                                   # 0 histogram
-                {"gen_ai.token.type": "output", **genai},                                  # 1 histogram
-                genai_duration,                                                            # 2 histogram
-                {**per_target, "stream": stream, "status": status},                        # 3 histogram
-                {**per_target, "stream": stream},                                          # 4 histogram
-                {"tenant": tenant, "model": model},                                        # 5 histogram
-                _cell(self._requests, {**per_target, "stream": stream, "status": status,
-                                       "cache": _label(r.cache, "bypass")}),               # 6 cell
-                _cell(self._cost, per_target),                                             # 7 cell
-                _cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "input"}),
-                _cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "output"}),
-                _cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "cached_input"}),
-                _cell(self._errors, {"type": r.error_type, "model": model, "target": target})
-                if r.error_type else None,                                                 # 11 cell
+            sets = _RequestSets(
+                input_tokens={"gen_ai.token.type": "input", **genai},
+                output_tokens={"gen_ai.token.type": "output", **genai},
+                genai_duration=genai_duration,
+                duration={**per_target, "stream": stream, "status": status},
+                ttft={**per_target, "stream": stream},
+                queue={"tenant": tenant, "model": model},
+                requests=_cell(self._requests, {**per_target, "stream": stream, "status": status,
+                                                "cache": _label(r.cache, "bypass")}),
+                cost=_cell(self._cost, per_target),
+                input=_cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "input"}),
+                output=_cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider, "type": "output"}),
+                cached=_cell(self._tokens, {"tenant": tenant, "model": model, "provider": provider,
+                                            "type": "cached_input"}),
+                errors=_cell(self._errors, {"type": r.error_type, "model": model, "target": target})
+                if r.error_type else None,
             )
             if len(self._request_sets) >= _MAX_CACHED_LABELSETS:
                 self._request_sets.clear()
@@ -462,25 +506,25 @@ class Telemetry:
         s = self._request_labels(record)
         prompt, completion = record.prompt_tokens, record.completion_tokens
         with self._lock:
-            s[6][0] += 1
+            s.requests.value += 1
             if record.target is not None:
-                s[7][0] += record.cost_usd  # zero too: a self-hosted target's share still shows
+                s.cost.value += record.cost_usd  # zero too: a self-hosted target's share still shows
             if prompt or completion:
-                s[8][0] += prompt
-                s[9][0] += completion
+                s.input.value += prompt
+                s.output.value += completion
                 if record.cached_tokens:
-                    s[10][0] += record.cached_tokens
-            if s[11] is not None:
-                s[11][0] += 1
+                    s.cached.value += record.cached_tokens
+            if s.errors is not None:
+                s.errors.value += 1
         duration = record.duration_s
-        self._duration.record(duration, s[3])
-        self._genai_duration.record(duration, s[2])
+        self._duration.record(duration, s.duration)
+        self._genai_duration.record(duration, s.genai_duration)
         if record.ttft_s is not None:
-            self._ttft.record(record.ttft_s, s[4])
-        self._queue.record(record.queue_s, s[5])
+            self._ttft.record(record.ttft_s, s.ttft)
+        self._queue.record(record.queue_s, s.queue)
         if prompt or completion:
-            self._genai_tokens.record(prompt, s[0])
-            self._genai_tokens.record(completion, s[1])
+            self._genai_tokens.record(prompt, s.input_tokens)
+            self._genai_tokens.record(completion, s.output_tokens)
 
     def rejected(self, reason: str, tenant: str | None, model: str | None) -> None:
         key = (reason, tenant, model)
@@ -496,7 +540,7 @@ class Telemetry:
                 self._reject_sets.clear()
             self._reject_sets[key] = cell
         with self._lock:
-            cell[0] += 1
+            cell.value += 1
 
     def attempt(self, target: str, provider: str, error_type: str | None, seconds: float) -> None:
         key = (target, provider, error_type)
@@ -504,10 +548,10 @@ class Telemetry:
         if sets is None:
             attrs = {"target": _label(target), "provider": _label(provider), "outcome": error_type or "ok"}
             with self._lock:
-                sets = self._attempt_sets[key] = (_cell(self._attempts, attrs), attrs)
+                sets = self._attempt_sets[key] = _AttemptSets(_cell(self._attempts, attrs), attrs)
         with self._lock:
-            sets[0][0] += 1
-        self._attempt_duration.record(seconds, sets[1])
+            sets.count.value += 1
+        self._attempt_duration.record(seconds, sets.attrs)
 
     def failover(self, from_target: str, to_target: str | None) -> None:
         key = (from_target, to_target)
@@ -517,14 +561,14 @@ class Telemetry:
                 cell = self._failover_sets[key] = _cell(
                     self._failovers, {"from_target": _label(from_target), "to_target": _label(to_target)})
         with self._lock:
-            cell[0] += 1
+            cell.value += 1
 
     def breaker_state(self, target: str, state: str) -> None:
         cell = self._breaker_sets.get(target)
         if cell is None:
             with self._lock:
                 cell = self._breaker_sets[target] = _cell(self._breaker, {"target": _label(target)})
-        cell[0] = BREAKER_STATES.get(state, 2)
+        cell.value = BREAKER_STATES.get(state, 2)
 
     def budget_remaining(self, tenant: str, window: str, remaining: float) -> None:
         key = (tenant, window)
@@ -533,28 +577,28 @@ class Telemetry:
             with self._lock:
                 cell = self._budget_sets[key] = _cell(
                     self._budget, {"tenant": _label(tenant, "unknown"), "window": _label(window, "unknown")})
-        cell[0] = remaining
+        cell.value = remaining
 
     def state_layer(self, up: bool, journal_pending: int, overspend: dict[str, float]) -> None:
         """The shared-state layer's health (gateway/state/) and the fail-open books (budgets)."""
         with self._lock:
-            _cell(self._store_up, {})[0] = 1 if up else 0
-            _cell(self._journal, {})[0] = journal_pending
+            _cell(self._store_up, {}).value = 1 if up else 0
+            _cell(self._journal, {}).value = journal_pending
             for window, amount in overspend.items():
-                _cell(self._overspend, {"window": _label(window, "unknown")})[0] = amount
+                _cell(self._overspend, {"window": _label(window, "unknown")}).value = amount
 
     def autoscale(self, target: str, desired: int, replicas: int, signal: str) -> None:
         """The advisor's latest advice for one self-hosted target (gateway/autoscale.py). The
         limiting signal is a state set: the current one reads 1, every one seen before reads 0."""
         t = _label(target)
         with self._lock:
-            _cell(self._desired_replicas, {"target": t})[0] = desired
-            _cell(self._replicas, {"target": t})[0] = replicas
+            _cell(self._desired_replicas, {"target": t}).value = desired
+            _cell(self._replicas, {"target": t}).value = replicas
             cells = self._limiting_sets.setdefault(t, {})
             if signal not in cells:
                 cells[signal] = _cell(self._limiting, {"target": t, "signal": _label(signal, "unknown")})
             for name, cell in cells.items():
-                cell[0] = 1 if name == signal else 0
+                cell.value = 1 if name == signal else 0
 
     def cache_event(self, tenant: str, model: str, outcome: str, tokens_saved: int = 0, usd_saved: float = 0.0) -> None:
         key = (tenant, model, outcome)
@@ -562,21 +606,21 @@ class Telemetry:
         if sets is None:
             labels = {"tenant": _label(tenant, "unknown"), "model": _label(model, "unknown")}
             with self._lock:
-                sets = self._cache_sets[key] = (
-                    _cell(self._cache_requests, {**labels, "outcome": _label(outcome, "unknown")}),
-                    _cell(self._cache_saved_tokens, labels),
-                    _cell(self._cache_saved_usd, labels),
+                sets = self._cache_sets[key] = _CacheSets(
+                    requests=_cell(self._cache_requests, {**labels, "outcome": _label(outcome, "unknown")}),
+                    saved_tokens=_cell(self._cache_saved_tokens, labels),
+                    saved_usd=_cell(self._cache_saved_usd, labels),
                 )
         with self._lock:
-            sets[0][0] += 1
+            sets.requests.value += 1
             if tokens_saved or usd_saved:
-                sets[1][0] += tokens_saved
-                sets[2][0] += usd_saved
+                sets.saved_tokens.value += tokens_saved
+                sets.saved_usd.value += usd_saved
 
     def policy_reload(self, ok: bool) -> None:
         cell = self._reload_sets[bool(ok)]
         with self._lock:
-            cell[0] += 1
+            cell.value += 1
 
     def shutdown(self) -> None:
         if self._closed:
