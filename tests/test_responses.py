@@ -281,6 +281,17 @@ def test_claude_target_refuses_hosted_tools_and_continues_an_openai_conversation
     assert continued.output_text == "what word?"
 
 
+def test_claude_mid_stream_error_ends_with_an_error_event(a, claude):
+    claude.error_mid_stream("overloaded_error", after=1)
+    seen = []
+    with pytest.raises(openai.APIError) as caught:
+        with a.responses.stream(model="claude-test", input="x", max_output_tokens=100) as stream:
+            for event in stream:
+                seen.append(event.type)
+    assert "overloaded" in str(caught.value) and "response.output_text.delta" in seen
+    assert "response.completed" not in seen
+
+
 # -- budgets -----------------------------------------------------------------------------------------
 
 def _settled(gw, key: str) -> dict:
