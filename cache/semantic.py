@@ -8,12 +8,20 @@ unless `SemanticCacheSpec.multi_turn`, single-turn requests (system/developer me
 user message) take part. The last message must be a user message whose content is text only.
 
 Index. Per scope, one blob in the store holds up to `max_entries_per_scope` entries (oldest
-dropped first): float32 L2-normalised vectors, the exact-cache key each one answers with, a
-guard (digest of the numbers in the text: "12 × 7" never answers "12 × 8", however close the
-embeddings) and an expiry. A lookup embeds the query (MiniLM, in a worker thread), takes the
-most similar live entry with cosine ≥ threshold and a matching guard, and reads its answer from
-the exact cache; the similarity travels on `CachedAnswer.similarity` (for
-`x-gateway-cache-similarity`).
+dropped first): float32 L2-normalised vectors, the exact-cache key each one answers with, the
+text of the last user message, a guard (digest of the numbers in the text, digits and words
+alike: "12 × 7" never answers "12 × 8", "five miles" never answers "six miles") and an expiry.
+The text is kept for the verifier; it lives in the tenant's namespace with the same TTL as the
+answer it indexes.
+
+Lookup. The query is embedded (MiniLM, in a worker thread); live entries with cosine ≥
+`threshold` (the policy's one strictness knob) and a matching guard are candidates, most similar
+first, and a candidate is served only when `cache.verifier` agrees that the two texts ask the
+same thing (closed-class words, negations, antonyms, directions...; cosine alone cannot tell
+"good" from "bad for your heart"). At most `max_candidates` are verified per lookup. A hit is a
+`SemanticAnswer`: a `CachedAnswer` with `similarity` (for `x-gateway-cache-similarity`) and the
+verifier's `verifier` score (for `x-gateway-cache-verifier`); `SemanticAnswer.headers()` gives
+both.
 
 Texts longer than the model's window are never embedded: MiniLM would truncate them, and two
 long prompts differing only in their tails would look identical.
@@ -25,8 +33,8 @@ replicas a concurrent write may drop another's new entry, which only costs a fut
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
-import re
 import time
 import weakref
 from collections.abc import Mapping
@@ -39,13 +47,14 @@ import numpy as np
 from policies.schema import CacheSpec, SemanticCacheSpec
 
 from .embedder import Embedder, get_embedder
+from .verifier import Verdict, Verifier, get_verifier
+from .verifier_text import analyse, numbers_key
 from .response import CachedAnswer, ResponseCache, _digest, is_deterministic, normalise_request, tenant_prefix
 
-__all__ = ["SemanticCache", "SemanticQuery", "query_text"]
+__all__ = ["SemanticAnswer", "SemanticCache", "SemanticQuery", "query_text"]
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # v2 added the texts (older blobs read as empty: a miss, then rewritten)
 _PREFIX_ROLES = frozenset({"system", "developer"})
-_NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
 
 
 class _Index(msgspec.Struct, array_like=True):
@@ -55,6 +64,7 @@ class _Index(msgspec.Struct, array_like=True):
     keys: list[str]
     guards: list[str]
     expires: list[float]
+    texts: list[str]
 
 
 _index_encoder = msgspec.msgpack.Encoder()
@@ -73,6 +83,21 @@ class SemanticQuery:
     vector: np.ndarray | None = None
     embedded: bool = False
     similarity: float | None = field(default=None)  # best similarity seen by the last lookup
+    verdict: Verdict | None = field(default=None)  # the verifier's last verdict in the last lookup
+    verified: int = 0  # candidates the last lookup sent to the verifier
+
+
+@dataclass(slots=True)
+class SemanticAnswer(CachedAnswer):
+    """A semantic hit: the cached answer plus why it was served."""
+
+    verifier: float = 0.0  # the verifier's score (probability the two requests ask the same thing)
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "x-gateway-cache-similarity": f"{self.similarity or 0.0:.4f}",
+            "x-gateway-cache-verifier": f"{self.verifier:.3f}",
+        }
 
 
 def query_text(content: Any) -> str | None:
@@ -90,8 +115,7 @@ def query_text(content: Any) -> str | None:
 
 
 def _guard(text: str) -> str:
-    numbers = sorted(n.replace(",", "") for n in _NUMBER.findall(text))
-    return hashlib.sha256("\x00".join(numbers).encode()).hexdigest()[:16]
+    return hashlib.sha256(numbers_key(analyse(text)).encode()).hexdigest()[:16]
 
 
 class SemanticCache:
@@ -100,14 +124,19 @@ class SemanticCache:
         responses: ResponseCache,
         embedder: Embedder | None = None,
         *,
+        verifier: Verifier | None = None,
         max_entries_per_scope: int = 128,
         max_query_chars: int = 4000,
+        max_candidates: int = 8,
     ) -> None:
         self.responses = responses
         self.store = responses.backend
         self.embedder = embedder if embedder is not None else get_embedder()
+        self.verifier = verifier if verifier is not None else get_verifier()
         self.max_entries_per_scope = max_entries_per_scope
         self.max_query_chars = max_query_chars
+        self.max_candidates = max(1, max_candidates)
+        self.refused = 0  # candidates above the floor that the verifier refused
         self.hits = 0
         self.misses = 0
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -171,7 +200,9 @@ class SemanticCache:
         except (msgspec.DecodeError, TypeError, ValueError):
             return None
         n = len(index.keys)
-        if index.v != INDEX_VERSION or len(index.vecs) != n * index.dim * 4 or len(index.guards) != n or len(index.expires) != n:
+        if index.v != INDEX_VERSION or len(index.vecs) != n * index.dim * 4:
+            return None
+        if not len(index.guards) == len(index.expires) == len(index.texts) == n:
             return None
         return index
 
@@ -181,8 +212,9 @@ class SemanticCache:
 
     # ---- read / write
 
-    async def lookup(self, query: SemanticQuery | None, *, max_age: float | None = None) -> CachedAnswer | None:
-        """The answer of the most similar cached paraphrase (similarity ≥ threshold), or None."""
+    async def lookup(self, query: SemanticQuery | None, *, max_age: float | None = None) -> SemanticAnswer | None:
+        """The answer of the most similar cached request that is above the similarity floor and
+        that the verifier agrees asks the same thing, or None."""
         if query is None:
             return None
         answer = await self._lookup(query, max_age)
@@ -192,7 +224,7 @@ class SemanticCache:
             self.hits += 1
         return answer
 
-    async def _lookup(self, query: SemanticQuery, max_age: float | None) -> CachedAnswer | None:
+    async def _lookup(self, query: SemanticQuery, max_age: float | None) -> SemanticAnswer | None:
         index = await self._load(query.scope)
         if index is None or not index.keys:
             return None
@@ -203,18 +235,25 @@ class SemanticCache:
         now = time.time()
         order = np.argsort(-sims)
         query.similarity = float(sims[order[0]])
+        query.verdict, query.verified = None, 0
         prefix = tenant_prefix(query.tenant)
         for i in order:
             sim = float(sims[i])
-            if sim < query.threshold:
+            if sim < query.threshold or query.verified >= self.max_candidates:
                 break
             key = index.keys[i]
             if index.expires[i] <= now or index.guards[i] != query.guard or not key.startswith(prefix + "r:"):
                 continue
+            query.verified += 1
+            query.verdict = self.verifier.check(index.texts[i], query.text, sim)
+            if not query.verdict.agrees:
+                self.refused += 1
+                continue
             answer = await self.responses.read(key, max_age=max_age)
             if answer is not None:
-                answer.similarity = sim
-                return answer
+                fields = {f.name: getattr(answer, f.name) for f in dataclasses.fields(CachedAnswer)}
+                fields["similarity"] = sim
+                return SemanticAnswer(**fields, verifier=query.verdict.score)
         return None
 
     async def add(self, query: SemanticQuery | None, exact_key: str | None, ttl: float) -> bool:
@@ -237,6 +276,7 @@ class SemanticCache:
                 keys: list[str] = []
                 guards: list[str] = []
                 expires: list[float] = []
+                texts: list[str] = []
             else:
                 matrix = self._matrix(index)
                 live = [i for i, exp in enumerate(index.expires) if exp > now and index.keys[i] != exact_key]
@@ -244,12 +284,14 @@ class SemanticCache:
                 keys = [index.keys[i] for i in live]
                 guards = [index.guards[i] for i in live]
                 expires = [index.expires[i] for i in live]
+                texts = [index.texts[i] for i in live]
             rows.append(vector)
             keys.append(exact_key)
             guards.append(query.guard)
             expires.append(now + ttl)
+            texts.append(query.text)
             drop = max(0, len(keys) - self.max_entries_per_scope)
-            rows, keys, guards, expires = rows[drop:], keys[drop:], guards[drop:], expires[drop:]
+            rows, keys, guards, expires, texts = rows[drop:], keys[drop:], guards[drop:], expires[drop:], texts[drop:]
             blob = _index_encoder.encode(
                 _Index(
                     INDEX_VERSION,
@@ -258,6 +300,7 @@ class SemanticCache:
                     keys,
                     guards,
                     expires,
+                    texts,
                 )
             )
             await self.store.set(query.scope, blob, max(expires) - now)

@@ -1,0 +1,361 @@
+"""What a request asks, reduced to comparable parts: the text analysis behind `cache.verifier`.
+
+Why word lists and not only embeddings: sentence embeddings place "translate into Spanish" and
+"translate into French" (or "bad for your heart" and "good for your heart") close together,
+because the two requests share almost every word. Whether they ask the same thing depends on a
+few words from closed classes (languages, places, units, formats, time words, names...), on
+negations, antonyms, numbers and on which side of "to"/"from" a word stands. This module finds
+those parts; `cache.verifier` compares two profiles.
+
+`analyse(text)` returns a `Profile`:
+- `slots`: closed-class members per class, canonicalised ("km" and "kilometres" -> kilometer);
+- `numbers`: canonical numbers, digits and words alike ("five" == "5"; ordinals as `#2`);
+- `negations`: how many negating words;
+- `poles`: for each antonym group found, which pole(s) ("cheap" vs "expensive");
+- `roles`: for closed-class, polar and content words, their role around direction markers
+  (`from`/`to`/`than`): "Celsius to Fahrenheit" vs "Fahrenheit to Celsius", "a string to an
+  integer" vs "an integer to a string";
+- `content`: the remaining content words, lightly stemmed and mapped to a synonym;
+- `caps`: capitalised words found in no list (likely names or titles);
+- `questions`: the question words (who, what/which, when, where, why, how, how many/much).
+
+Deterministic and pure; results are memoised per text (`functools.lru_cache`).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Lexicon", "Profile", "analyse", "lexicon", "numbers_key"]
+
+LEXICON_PATH = Path(__file__).resolve().parent / "verifier_data" / "lexicon.txt"
+_MAX_PHRASE = 4
+
+_TOKEN = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*(?:\+\+|#)?")
+_PRE = tuple(
+    (re.compile(pattern, re.IGNORECASE), repl)
+    for pattern, repl in (
+        (r"[’`´]", "'"),
+        (r"\bcan'?t\b", "can not"),
+        (r"\bwon'?t\b", "will not"),
+        (r"n't\b", " not"),
+        (r"'s\b", ""),
+        (r"°\s*c\b", " celsius "),
+        (r"°\s*f\b", " fahrenheit "),
+        (r"%", " percent "),
+        (r"\bkm\s*/\s*h\b", " kmh "),
+        (r"\$", " dollar "),
+        (r"€", " euro "),
+        (r"£", " pound "),
+        (r"(\d),(\d{3})\b", r"\1\2"),
+    )
+)
+_SENTENCE_END = frozenset(".!?:;\n\"'(")
+_DIRECTION = {"to": "to", "into": "to", "in": "to", "as": "to", "onto": "to", "from": "from"}
+_SKIP = frozenset({"a", "an", "the", "my", "your", "our", "this", "that", "one"})
+_ROLE_TOKENS = frozenset({*_DIRECTION, "than"})
+
+_UNITS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+    "sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
+_ORDINALS = {w: i + 1 for i, w in enumerate(
+    "first second third fourth fifth sixth seventh eighth ninth tenth eleventh twelfth thirteenth "
+    "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth".split())}
+_ORDINALS |= {w: 10 * (i + 3) for i, w in enumerate("thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth".split())}
+_ORDINALS |= {"hundredth": 100, "thousandth": 1000}
+_EXTRA_NUMBERS = {"single": 1, "pair": 2, "couple": 2, "dozen": 12, "half": 0.5, "none": 0}
+_DIGITS = re.compile(r"^\d+(?:\.\d+)?$")
+_DIGIT_ORDINAL = re.compile(r"^(\d+)(?:st|nd|rd|th)$")
+
+
+@dataclass(frozen=True, slots=True)
+class Lexicon:
+    phrases: dict[tuple[str, ...], tuple[str, str]]  # lower-case alias words -> (slot, canonical)
+    case_slots: frozenset[str]  # slots whose members match only when capitalised mid-sentence
+    cased: dict[str, tuple[str, str]]  # exact-case alias -> (slot, canonical)
+    poles: dict[str, tuple[tuple[int, int], ...]]  # word -> ((group, pole), ...)
+    negations: frozenset[str]
+    synonyms: dict[str, str]
+    filler: frozenset[str]
+    stop: frozenset[str]
+
+
+def _stem(word: str) -> str:
+    """A light, deterministic suffix stripper (plural, -ing, -ed, -ly): enough to match word forms."""
+    if len(word) <= 3 or not word.isalpha():
+        return word
+    for suffix, repl, min_len in (("ies", "y", 5), ("sses", "ss", 5), ("ing", "", 6), ("edly", "", 7),
+                                  ("ed", "", 5), ("ly", "", 6), ("es", "", 6), ("s", "", 4)):
+        if word.endswith(suffix) and len(word) >= min_len and not word.endswith(("ss", "us", "is")):
+            return word[: len(word) - len(suffix)] + repl
+    return word
+
+
+def _words(alias: str) -> tuple[str, ...]:
+    return tuple(t.lower() for t in _TOKEN.findall(alias))
+
+
+def _sections(text: str) -> Iterator[tuple[str, str]]:
+    section = ""
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip()
+            continue
+        yield section, line
+
+
+def parse_lexicon(text: str) -> Lexicon:
+    phrases: dict[tuple[str, ...], tuple[str, str]] = {}
+    case_slots: set[str] = set()
+    cased: dict[str, tuple[str, str]] = {}
+    poles: dict[str, list[tuple[int, int]]] = {}
+    sets: dict[str, set[str]] = {"negation": set(), "filler": set(), "stop": set()}
+    synonyms: dict[str, str] = {}
+    group = 0
+    for section, line in _sections(text):
+        head, _, rest = line.partition("=")
+        if section.startswith("slot "):
+            words = section.split()
+            slot = words[1]
+            if "case" in words[2:]:
+                case_slots.add(slot)
+            canonical = head.strip().lower()
+            for alias in [canonical, *(a for a in rest.split(",") if a.strip())]:
+                phrases.setdefault(_words(alias), (slot, canonical))
+        elif section == "case":
+            slot, _, canonical = rest.strip().partition("/")
+            cased[head.strip()] = (slot, canonical)
+        elif section == "polar":
+            group += 1
+            for pole, side in enumerate(line.split("|")):
+                for word in (w.strip().lower() for w in side.split(",")):
+                    if word and (group, pole) not in poles.setdefault(word, []):
+                        poles[word].append((group, pole))
+        elif section == "synonym":
+            canonical = _stem(head.strip().lower())
+            for alias in rest.split(","):
+                words = _words(alias)
+                if words:
+                    synonyms[" ".join(words)] = canonical
+                    if len(words) == 1:
+                        synonyms[_stem(words[0])] = canonical
+        elif section in sets:
+            sets[section].update(_words(line))
+    return Lexicon(
+        phrases=phrases,
+        case_slots=frozenset(case_slots),
+        cased=cased,
+        poles={w: tuple(p) for w, p in poles.items()},
+        negations=frozenset(sets["negation"]),
+        synonyms=synonyms,
+        filler=frozenset(sets["filler"]),
+        stop=frozenset(sets["stop"]),
+    )
+
+
+@functools.cache
+def lexicon() -> Lexicon:
+    return parse_lexicon(LEXICON_PATH.read_text(encoding="utf-8"))
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    slots: dict[str, frozenset[str]] = field(default_factory=dict)
+    numbers: tuple[str, ...] = ()
+    negations: int = 0
+    poles: dict[int, frozenset[int]] = field(default_factory=dict)
+    roles: dict[str, frozenset[str]] = field(default_factory=dict)
+    content: frozenset[str] = frozenset()
+    caps: frozenset[str] = frozenset()
+    # Canonical token sequence for alignment: content words as `c:<word>`, closed-class words as
+    # `s:<slot>:<canonical>`, numbers as `n:<value>`, poles as `p:<group>:<pole>`, others as is.
+    sequence: tuple[str, ...] = ()
+    questions: frozenset[str] = frozenset()  # who / what / when / where / why / how / quantity
+    # `sequence` without words that never change what is asked (articles, auxiliaries, the
+    # asker's and the assistant's pronouns, filler): equal cores ask the same thing.
+    core: tuple[str, ...] = ()
+
+
+# Words a request can gain or lose without asking something else ("How do I" / "How can I",
+# "for the heart" / "for your heart"). Third-person pronouns are not here: "she" is not "he".
+_IGNORABLE = frozenset(
+    "a an the do does did can could would will shall should may might must is are was were be been "
+    "am i me my mine myself you your yours yourself we us our ours please kindly".split()
+)
+_CANONICAL = {"into": "to", "onto": "to", "which": "what", "whats": "what", "whom": "who", "hows": "how"}
+
+
+_QUESTIONS = {"who": "who", "whom": "who", "whose": "who", "what": "what", "whats": "what", "which": "what",
+              "when": "when", "where": "where", "why": "why", "how": "how", "hows": "how"}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _word_number(tokens: list[str], i: int) -> tuple[str | None, int]:
+    """A number written in words starting at tokens[i] ("twenty five", "one hundred and two")."""
+    word = tokens[i]
+    if word in _ORDINALS:
+        return f"#{_ORDINALS[word]}", i + 1
+    if word in _EXTRA_NUMBERS:
+        return _number(_EXTRA_NUMBERS[word]), i + 1
+    total, current, j = 0, 0, i
+    while j < len(tokens):
+        w = tokens[j]
+        if w in _UNITS:
+            current += _UNITS[w]
+        elif w in _TENS:
+            current += _TENS[w]
+        elif w in _SCALES:
+            scale = _SCALES[w]
+            if scale == 100:
+                current = max(current, 1) * 100
+            else:
+                total += max(current, 1) * scale
+                current = 0
+        elif w == "and" and j > i and j + 1 < len(tokens) and (tokens[j + 1] in _UNITS or tokens[j + 1] in _TENS):
+            pass
+        else:
+            break
+        j += 1
+    if j == i:
+        return None, i
+    return _number(total + current), j
+
+
+def numbers_key(profile: Profile) -> str:
+    return "\x00".join(profile.numbers)
+
+
+def _initial(text: str, start: int) -> bool:
+    k = start - 1
+    while k >= 0 and text[k] in " \t":
+        k -= 1
+    return k < 0 or text[k] in _SENTENCE_END
+
+
+@functools.lru_cache(maxsize=4096)
+def analyse(text: str) -> Profile:
+    lex = lexicon()
+    for pattern, repl in _PRE:
+        text = pattern.sub(repl, text)
+    matches = list(_TOKEN.finditer(text))
+    orig = [m.group(0) for m in matches]
+    initial = [_initial(text, m.start()) for m in matches]
+    tokens = [t.lower() for t in orig]
+    items: list[tuple[str, int, int]] = []  # (key for roles, first token, one past the last)
+    slots: dict[str, set[str]] = {}
+    numbers: list[str] = []
+    poles: dict[int, set[int]] = {}
+    content: set[str] = set()
+    caps: set[str] = set()
+    negations = 0
+    sequence: list[str] = []
+    questions: set[str] = set()
+    i = 0
+    while i < len(tokens):
+        word = tokens[i]
+        hit = lex.cased.get(orig[i]) if not initial[i] else None
+        n = 1
+        if hit is None:
+            for n in range(min(_MAX_PHRASE, len(tokens) - i), 0, -1):
+                hit = lex.phrases.get(tuple(tokens[i : i + n]))
+                if hit is None and n == 1:
+                    hit = lex.phrases.get((_stem(word),))
+                if hit is not None and hit[0] in lex.case_slots and (initial[i] or not orig[i][:1].isupper()):
+                    hit = None
+                if hit is not None:
+                    break
+        if hit is not None:
+            slot, canonical = hit
+            slots.setdefault(slot, set()).add(canonical)
+            items.append((f"{slot}:{canonical}", i, i + n))
+            sequence.append(f"s:{slot}:{canonical}")
+            i += n
+            continue
+        digit = _DIGIT_ORDINAL.match(word)
+        if digit or _DIGITS.match(word):
+            numbers.append(f"#{int(digit.group(1))}" if digit else _number(float(word)))
+            sequence.append("n:" + numbers[-1])
+            i += 1
+            continue
+        value, j = _word_number(tokens, i)
+        if value is not None:
+            numbers.append(value)
+            sequence.append("n:" + value)
+            i = j
+            continue
+        token = word
+        if word in _QUESTIONS:
+            follow = tokens[i + 1] if i + 1 < len(tokens) else ""
+            questions.add("quantity" if word == "how" and follow in ("many", "much") else _QUESTIONS[word])
+        if word in lex.negations:
+            negations += 1
+            token = "not"
+        elif word in lex.poles:
+            for g, pole in lex.poles[word]:
+                poles.setdefault(g, set()).add(pole)
+                items.append((f"polar{g}:{pole}", i, i + 1))
+            token = "p:" + ",".join(f"{g}:{pole}" for g, pole in lex.poles[word])
+        elif word not in lex.stop and word not in lex.filler and word not in _ROLE_TOKENS:
+            stem = _stem(word)
+            if stem not in lex.filler and stem not in lex.stop:
+                canonical = lex.synonyms.get(word) or lex.synonyms.get(stem) or stem
+                content.add(canonical)
+                token = "c:" + canonical
+                items.append((token, i, i + 1))
+                if orig[i][:1].isupper() and not initial[i] and not orig[i].isupper():
+                    caps.add(canonical)
+        sequence.append(token)
+        i += 1
+    return Profile(
+        slots={k: frozenset(v) for k, v in slots.items()},
+        numbers=tuple(sorted(numbers)),
+        negations=negations,
+        poles={k: frozenset(v) for k, v in poles.items()},
+        roles=_roles(tokens, items),
+        content=frozenset(content),
+        caps=frozenset(caps),
+        sequence=tuple(sequence),
+        questions=frozenset(questions),
+        core=tuple(_CANONICAL.get(t, t) for t in sequence if t not in _IGNORABLE and t not in lex.filler),
+    )
+
+
+def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, frozenset[str]]:
+    """Role of each salient word: after to/into/in/as -> `to`, after from -> `from`, after than ->
+    `than`; right before to/into -> `from`; shortly before than -> `subject`; else `none`."""
+    roles: dict[str, set[str]] = {}
+    # "How many X are in Y": X is what is asked for (`to`), the thing after "in" is the source.
+    counted = any(pos > 0 and tokens[pos - 1] in ("many", "much") for _, pos, _ in items)
+    for key, pos, end in items:
+        role = "none"
+        k = pos - 1
+        while k >= 0 and k >= pos - 3 and (tokens[k] in _SKIP or tokens[k] in _UNITS or tokens[k] in _TENS or _DIGITS.match(tokens[k])):
+            k -= 1
+        before = tokens[k] if k >= 0 else ""
+        after = tokens[end] if end < len(tokens) else ""
+        if before == "than":
+            role = "than"
+        elif before in ("many", "much"):
+            role = "to"
+        elif before == "in" and counted:
+            role = "from"
+        elif before in _DIRECTION:
+            role = _DIRECTION[before]
+        elif after in ("to", "into", "in"):
+            role = "from"
+        elif "than" in tokens[end : end + 3]:
+            role = "subject"
+        roles.setdefault(key, set()).add(role)
+    return {k: frozenset(v) for k, v in roles.items()}
