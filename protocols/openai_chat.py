@@ -16,10 +16,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from protocols.api import Api
-from protocols.errors import error_body
-from protocols.sse import DONE, sse
 from protocols.text import estimate_tokens
-from protocols.usage import Usage, UsagePeek, to_usage, usage_of
+from protocols.usage import UsagePeek, to_usage
+from protocols.openai_common import OpenAIWire
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 class _Wire(Struct, kw_only=True, omit_defaults=True):
@@ -372,12 +371,10 @@ class _ChunkPeek(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_ChunkPeek)
 
 
-class ChatWire:
+class ChatWire(OpenAIWire):
     api = Api.CHAT
     path = "/chat/completions"
-    done = DONE
     cacheable_streams = True
-    requires_final = False
     check = staticmethod(answer_check("choices"))
 
     def decode(self, raw: bytes) -> Inbound:
@@ -393,19 +390,7 @@ class ChatWire:
             conversation=body, metadata=body.get("metadata") if isinstance(body.get("metadata"), dict) else None,
         )
 
-    def prepare(self, inbound: Inbound, upstream_model: str, max_output: int | None) -> dict[str, Any]:
-        body = dict(inbound.body)
-        body["model"] = upstream_model
-        if inbound.output_cap is None and max_output is not None:
-            body["max_tokens"] = max_output // inbound.n
-        if inbound.stream:
-            # Always ask for usage: budgets settle on real numbers. The relay hides the chunk
-            # from callers that did not ask for it.
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        return body
 
-    def usage(self, body: bytes) -> Usage:
-        return usage_of(body)
 
     def peek(self, payload: bytes) -> Peek:
         try:
@@ -416,11 +401,7 @@ class ChatWire:
         return Peek(usage=to_usage(chunk.usage), delivered=delivered,
                     usage_only=chunk.usage is not None and not chunk.choices)
 
-    def frame(self, payload: bytes) -> bytes:
-        return sse(payload)
 
-    def error_frame(self, message: str, type: str, code: str | None) -> bytes:
-        return sse(error_body(message, type=type, code=code))
 
     def replay(self, body: bytes, include_usage: bool) -> list[bytes]:
         return replay_chunks(body, include_usage)

@@ -13,10 +13,10 @@ import msgspec
 from msgspec import Meta, Struct
 
 from protocols.api import Api
-from protocols.errors import bad_request, error_body
-from protocols.sse import DONE, sse
+from protocols.errors import bad_request
 from protocols.text import estimate_tokens
-from protocols.usage import Usage, UsagePeek, to_usage, usage_of
+from protocols.usage import UsagePeek, to_usage
+from protocols.openai_common import OpenAIWire
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's documented default for this endpoint
@@ -82,12 +82,10 @@ def _pieces(text: str, size: int = 16) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-class CompletionsWire:
+class CompletionsWire(OpenAIWire):
     api = Api.COMPLETIONS
     path = "/completions"
-    done = DONE
     cacheable_streams = True
-    requires_final = False
     check = staticmethod(answer_check("choices"))
 
     def decode(self, raw: bytes) -> Inbound:
@@ -108,17 +106,7 @@ class CompletionsWire:
             conversation={"messages": [{"role": "user", "content": text}]},
         )
 
-    def prepare(self, inbound: Inbound, upstream_model: str, max_output: int | None) -> dict[str, Any]:
-        body = dict(inbound.body)
-        body["model"] = upstream_model
-        if inbound.output_cap is None and max_output is not None:
-            body["max_tokens"] = max_output // inbound.n
-        if inbound.stream:
-            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        return body
 
-    def usage(self, body: bytes) -> Usage:
-        return usage_of(body)
 
     def peek(self, payload: bytes) -> Peek:
         try:
@@ -128,11 +116,7 @@ class CompletionsWire:
         return Peek(usage=to_usage(chunk.usage), delivered=sum(1 for c in chunk.choices if c.text),
                     usage_only=chunk.usage is not None and not chunk.choices)
 
-    def frame(self, payload: bytes) -> bytes:
-        return sse(payload)
 
-    def error_frame(self, message: str, type: str, code: str | None) -> bytes:
-        return sse(error_body(message, type=type, code=code))
 
     def replay(self, body: bytes, include_usage: bool) -> list[bytes]:
         """A stored `text_completion` as the chunks a live stream sends (text pieces, then finish)."""

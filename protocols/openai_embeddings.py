@@ -15,11 +15,10 @@ import numpy as np
 from msgspec import Meta, Struct
 
 from protocols.api import Api
-from protocols.errors import bad_request, error_body
+from protocols.errors import bad_request
 from protocols.openai_completions import prompts
-from protocols.sse import sse
 from protocols.text import estimate_tokens
-from protocols.usage import Usage, usage_of
+from protocols.openai_common import OpenAIWire
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
 MAX_INPUTS = 2048  # OpenAI's documented limit on inputs per request
@@ -52,12 +51,10 @@ def response(vectors: np.ndarray, model: str, prompt_tokens: int, encoding: str 
                                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}})
 
 
-class EmbeddingsWire:
+class EmbeddingsWire(OpenAIWire):
     api = Api.EMBEDDINGS
     path = "/embeddings"
-    done = b""
     cacheable_streams = False
-    requires_final = False
     check = staticmethod(answer_check("data"))
 
     def decode(self, raw: bytes) -> Inbound:
@@ -76,20 +73,12 @@ class EmbeddingsWire:
             conversation={"messages": [{"role": "user", "content": text}]},
         )
 
-    def prepare(self, inbound: Inbound, upstream_model: str, max_output: int | None) -> dict[str, Any]:
-        return {**inbound.body, "model": upstream_model}
 
-    def usage(self, body: bytes) -> Usage:
-        return usage_of(body)
 
     def peek(self, payload: bytes) -> Peek:
         return Peek()
 
-    def frame(self, payload: bytes) -> bytes:
-        return sse(payload)
 
-    def error_frame(self, message: str, type: str, code: str | None) -> bytes:
-        return sse(error_body(message, type=type, code=code))
 
     def replay(self, body: bytes, include_usage: bool) -> list[bytes]:
         return [body]
