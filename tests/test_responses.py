@@ -181,9 +181,15 @@ def test_retrieve_delete_and_tenant_isolation(a, b, openai_stub):
     assert caught.value.param == "previous_response_id" and len(openai_stub.control.requests) == calls
 
 
-def test_input_tokens_estimate(a):
-    count = a.responses.input_tokens.count(model="gpt-test", input="a fairly short question", instructions="Be nice.")
+def test_input_tokens_estimated_or_counted_upstream(a, claude):
+    raw = a.responses.input_tokens.with_raw_response.count(model="gpt-test", input="a fairly short question",
+                                                           instructions="Be nice.")
+    count = raw.parse()
     assert count.object == "response.input_tokens" and 5 <= count.input_tokens <= 40
+    assert raw.headers["x-gateway-token-count"] == "estimate"
+    raw = a.responses.input_tokens.with_raw_response.count(model="claude-test", input="count this upstream")
+    assert raw.headers["x-gateway-token-count"] == "counted" and raw.parse().input_tokens > 0
+    assert claude.call_count == 0, "counting is not a message"
 
 
 def test_bad_input_gets_openai_errors(gw, a, openai_stub):
