@@ -1,10 +1,11 @@
 """Latency of the difficulty scorer: the heuristic path (every request) and the embedding path
 (heuristics + MiniLM kNN), over a few hundred varied prompts.
 
-Targets: heuristic p99 <= 1 ms; embedding p99 <= 15 ms (CPU).
+Targets: heuristic p99 <= 1 ms; embedding p99 <= 15 ms (CPU); the learned scorer (the default:
+heuristic features + MiniLM head embedding + logistic regression) p99 <= 10 ms (CPU).
 
     python bench/difficulty_latency.py [--prompts 400] [--rounds 5] [--knn-rounds 1] [--torch-threads N]
-                                        [--knn-tokens 64] [--no-gc-freeze] [--no-knn]
+                                        [--knn-tokens 64] [--no-gc-freeze] [--no-knn] [--no-learned]
 
 Prints one JSON document, then a one-line summary.
 """
@@ -107,6 +108,8 @@ def main() -> None:
     ap.add_argument("--no-gc-freeze", action="store_true",
                     help="skip gc.freeze() after warm-up (the gateway freezes after startup)")
     ap.add_argument("--no-knn", action="store_true")
+    ap.add_argument("--no-learned", action="store_true")
+    ap.add_argument("--learned-rounds", type=int, default=2, help="passes of the learned scorer over the prompts")
     args = ap.parse_args()
 
     bodies = make_bodies(args.prompts)
@@ -173,6 +176,36 @@ def main() -> None:
         result["knn_tokens"] = args.knn_tokens
         result["gc_frozen"] = not args.no_gc_freeze
 
+    if not args.no_learned:
+        import torch
+
+        from gateway.difficulty import MiniLMEmbedder
+        from gateway.learned_scorer import LearnedScorer
+        from gateway.router_model import LearnedModel
+
+        if args.torch_threads:
+            torch.set_num_threads(args.torch_threads)
+        # The lean embedder (no per-text memo): every request pays its own forward pass.
+        learned = LearnedScorer(LearnedModel.load(), embed=MiniLMEmbedder(max_tokens=64))
+        for body in bodies[:20]:
+            learned.score(body)  # warm-up: model load, first allocations
+        if not args.no_gc_freeze:
+            gc.collect()
+            gc.freeze()
+        l_samples: list[float] = []
+        l_cpu: list[float] = []
+        for _ in range(args.learned_rounds):
+            for body in bodies:
+                c0 = time.process_time()
+                t0 = time.perf_counter()
+                learned.score(body)
+                l_samples.append(time.perf_counter() - t0)
+                l_cpu.append(time.process_time() - c0)
+        result["learned"] = percentiles(l_samples)
+        result["learned_cpu_all_threads"] = percentiles(l_cpu)
+        result["learned_target_p99_ms"] = 10.0
+        result["learned_model"] = learned.model.version
+
     print(json.dumps(result, indent=2))
     h = result["heuristic"]
     hc = result["heuristic_cpu"]
@@ -183,6 +216,9 @@ def main() -> None:
     if "embedding" in result:
         e = result["embedding"]
         line += f"; embedding p50 {e['p50_ms']:.2f} ms p99 {e['p99_ms']:.2f} ms (target 15 ms)"
+    if "learned" in result:
+        e = result["learned"]
+        line += f"; learned p50 {e['p50_ms']:.2f} ms p99 {e['p99_ms']:.2f} ms (target 10 ms)"
     line += f"; loadavg {result['loadavg_1m']} on {result['cpus']} CPUs; {len(bodies)} prompts, mean score easy {result['score_mean_easy']} / hard {result['score_mean_hard']}"
     print(line)
 

@@ -53,12 +53,15 @@ def body(text: str) -> dict:
 
 
 def make_scorers(names: list[str], model_path: str | None):
-    from gateway.difficulty import DifficultyScorer, KnnScorer
+    from gateway.difficulty import DifficultyScorer, KnnScorer, MiniLMEmbedder
     from gateway.learned_scorer import LearnedScorer
     from gateway.router_model import LearnedModel
 
+    # The router's own lean embedder, not the process-wide one: that one memoises per text, and
+    # a memo hit would make the latency figures (and repeated rounds) meaninglessly fast.
     table = {
-        "learned": lambda: LearnedScorer(LearnedModel.load(model_path) if model_path else LearnedModel.load()),
+        "learned": lambda: LearnedScorer(LearnedModel.load(model_path) if model_path else LearnedModel.load(),
+                                         embed=MiniLMEmbedder(max_tokens=64)),
         "heuristic": DifficultyScorer,
         "knn": lambda: DifficultyScorer(knn=KnnScorer(), knn_weight=0.5),
         "length": lambda: None,

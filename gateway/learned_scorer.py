@@ -120,16 +120,12 @@ class LearnedScorer:
         return Difficulty(round(score, 4), terms, kind=self.kind, hard=self._verdict(score, self.calibration),
                           model_input={"embedding": embedding, "features": raw})
 
-    def _with_shadow(self, body: dict[str, Any], primary: Difficulty, shadow: Difficulty | None) -> Difficulty:
-        primary.shadow = shadow
-        return primary
-
     def score(self, body: dict[str, Any]) -> Difficulty:
         """Blocking (embeds); async code uses `ascore`."""
         raw, text = self.features(body)
         primary = self._from_parts(raw, self._embedding(text) if text.strip() else None)
-        shadow = self.shadow.score(body) if self.shadow is not None else None
-        return self._with_shadow(body, primary, shadow)
+        primary.shadow = self.shadow.score(body) if self.shadow is not None else None
+        return primary
 
     def score_heuristic(self, body: dict[str, Any]) -> Difficulty:
         return self.heuristic.score_heuristic(body)
@@ -140,8 +136,8 @@ class LearnedScorer:
         wanted = text.strip() and self._broken is None and self.use_embeddings
         embedding = await asyncio.to_thread(self._embedding, text) if wanted else None
         primary = self._from_parts(raw, embedding)
-        shadow = await self.shadow.ascore(body) if self.shadow is not None else None
-        return self._with_shadow(body, primary, shadow)
+        primary.shadow = await self.shadow.ascore(body) if self.shadow is not None else None
+        return primary
 
 
 # ---------------------------------------------------------------------------------------------
