@@ -71,6 +71,7 @@ class Sequence:
     num_forks_pending: int = 0
     children: list["Sequence"] = field(default_factory=list)
     spec_token_ids: list[int] = field(default_factory=list)  # drafted tokens verified this step
+    draft_state: object | None = None            # the proposer's per-sequence index (speculative.py)
 
     def __post_init__(self) -> None:
         if not self.token_ids:

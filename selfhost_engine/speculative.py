@@ -8,9 +8,6 @@ drafts of a step in one forward pass; `Sampler.verify` keeps the right ones.
 """
 from __future__ import annotations
 
-import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
-
 from .sequence import Sequence
 
 
@@ -21,25 +18,44 @@ class NoDrafts:
         return []
 
 
+class NgramIndex:
+    """Per-sequence map from each n-gram (that has a successor) to its earliest start, grown
+    incrementally as tokens are appended, so a lookup costs a few dict probes, not a scan of the
+    whole context (this runs for every decode of every step)."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple[int, ...], int] = {}
+        self.done = 0          # n-grams ending (exclusive) at or before this position are indexed
+
+    def update(self, toks: list[int], ns: range) -> None:
+        first = self.first
+        for end in range(self.done + 1, len(toks)):        # the token at `end` is the successor
+            for n in ns:
+                if end >= n:
+                    first.setdefault(tuple(toks[end - n:end]), end - n)
+        self.done = max(self.done, len(toks) - 1)
+
+
 class NgramProposer:
     def __init__(self, max_k: int, max_n: int = 4, min_n: int = 2):
         self.max_k = max_k
-        self.max_n = max_n
-        self.min_n = min_n
+        self.ns = range(min_n, max_n + 1)
 
     def propose(self, seq: Sequence, limit: int) -> list[int]:
         """Up to min(max_k, limit) drafted tokens continuing seq.token_ids."""
         k = min(self.max_k, limit)
         toks = seq.token_ids
-        if k <= 0 or len(toks) < self.min_n + 1:
+        if k <= 0:
             return []
-        arr = np.asarray(toks, dtype=np.int64)
-        for n in range(min(self.max_n, len(arr) - 1), self.min_n - 1, -1):
-            windows = sliding_window_view(arr[:-1], n)           # every n-gram that has a successor
-            hits = np.flatnonzero((windows == arr[-n:]).all(axis=1))
-            if hits.size:
-                start = int(hits[0]) + n
-                return arr[start:start + k].tolist()
+        if seq.draft_state is None:
+            seq.draft_state = NgramIndex()
+        index = seq.draft_state
+        index.update(toks, self.ns)
+        for n in reversed(self.ns):                         # longest suffix first
+            if n < len(toks):
+                start = index.first.get(tuple(toks[-n:]))
+                if start is not None:
+                    return toks[start + n:start + n + k]
         return []
 
 
