@@ -97,6 +97,16 @@ def _stem(word: str) -> str:
     return word
 
 
+def _singulars(word: str) -> tuple[str, ...]:
+    """Candidate singular forms of a plural ("ounces" -> "ounce", "ounc"; "cities" -> "city")."""
+    if len(word) <= 3 or not word.endswith("s") or word.endswith("ss"):
+        return ()
+    forms = [word[:-1], word[:-2]] if word.endswith("es") else [word[:-1]]
+    if word.endswith("ies"):
+        forms.append(word[:-3] + "y")
+    return tuple(forms)
+
+
 def _words(alias: str) -> tuple[str, ...]:
     return tuple(t.lower() for t in _TOKEN.findall(alias))
 
@@ -271,7 +281,7 @@ def analyse(text: str) -> Profile:
             for n in range(min(_MAX_PHRASE, len(tokens) - i), 0, -1):
                 hit = lex.phrases.get(tuple(tokens[i : i + n]))
                 if hit is None and n == 1:
-                    hit = lex.phrases.get((_stem(word),))
+                    hit = next((lex.phrases[(w,)] for w in _singulars(word) if (w,) in lex.phrases), None)
                 if hit is not None and hit[0] in lex.case_slots and (initial[i] or not orig[i][:1].isupper()):
                     hit = None
                 if hit is not None:

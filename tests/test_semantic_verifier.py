@@ -1,0 +1,179 @@
+"""The semantic-cache verifier (cache/verifier*.py) and its labelled data: no model needed here.
+
+Similarities are given as numbers (the verifier receives the cosine from the cache); the text
+analysis, the hard rules, the equivalence path and the shipped logistic model are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from cache.verifier import FEATURES, WEIGHTS_PATH, Verifier, VerifierModel, get_verifier, pair_features
+from cache.verifier_pairs import load_pairs, split_of
+from cache.verifier_text import analyse, parse_lexicon
+
+# One near miss per kind the issue names: (kind, cached, query, the rule that must refuse it).
+NEAR_MISSES = [
+    ("language", "Translate 'good morning' into Spanish.", "Translate 'good morning' into French.", "slot:place"),
+    ("country", "What is the capital of France?", "What is the capital of Germany?", "slot:place"),
+    ("city", "What should I see on a trip to Rome?", "What should I see on a trip to Lisbon?", "slot:place"),
+    ("programming language", "How do I reverse a list in Python?", "How do I reverse a list in Rust?", "slot:proglang"),
+    ("programming language, cased", "How do I make an HTTP request in Go?", "How do I make an HTTP request in Rust?",
+     "slot:proglang"),
+    ("unit", "How many ounces are in a pound?", "How many grams are in a pound?", "slot:unit"),
+    ("format", "List the primary colors in JSON format.", "List the primary colors in YAML format.", "slot:format"),
+    ("name", "Write a birthday message for my friend Sarah.", "Write a birthday message for my friend John.", "slot:name"),
+    ("entity", "What is the distance from Earth to the Moon?", "What is the distance from Earth to Mars?", "slot:entity"),
+    ("time", "What's the weather usually like in Seattle in October?",
+     "What's the weather usually like in Seattle in July?", "slot:time"),
+    ("tool", "How do I install Docker on Ubuntu?", "How do I install Docker on Windows?", "slot:tech"),
+    ("negation", "Is green tea healthy?", "Is green tea not healthy?", "negation"),
+    ("negation, contracted", "Why can penguins fly?", "Why can't penguins fly?", "negation"),
+    ("antonym", "Is coffee bad for your heart?", "Is coffee good for your heart?", "antonym"),
+    ("antonym", "Sort this list in ascending order: 5, 2, 9.", "Sort this list in descending order: 5, 2, 9.", "antonym"),
+    ("direction", "Convert 100 degrees Celsius to Fahrenheit.", "Convert 100 degrees Fahrenheit to Celsius.", "direction"),
+    ("direction", "How many ounces are in a pound?", "How many pounds are in an ounce?", "direction"),
+    ("direction", "Is Python faster than Java?", "Is Java faster than Python?", "direction"),
+    ("number", "What is 12 times 7?", "What is 12 times 8?", "numbers"),
+    ("quantity in words", "How many kilometers are in five miles?", "How many kilometers are in six miles?", "numbers"),
+    ("quantity, words vs digits", "Give me three tips for better sleep.", "Give me 4 tips for better sleep.", "numbers"),
+    ("ordinal", "Who was the first person to walk on the Moon?", "Who was the second person to walk on the Moon?",
+     "numbers"),
+    ("ordinal, digits", "Explain the 2nd law of thermodynamics.", "Explain the third law of thermodynamics.", "numbers"),
+]
+
+# Requests that differ only in function words, filler, synonyms or number forms.
+EQUIVALENT = [
+    ("How do I reverse a list in Python?", "How can I reverse a list in Python?"),
+    ("How many kilometers are in five miles?", "How many kilometers are in 5 miles?"),
+    ("Who was the first person to walk on the Moon?", "Who was the 1st person to walk on the Moon?"),
+    ("List the primary colors in JSON format.", "Please give me the primary colors in JSON format."),
+    ("Write a birthday message for my friend Sarah.", "Can you write a birthday message for my friend Sarah?"),
+    ("Is coffee bad for your heart?", "Is coffee bad for the heart?"),
+    ("What is 70 kg in pounds?", "What is 70 kilograms in lbs?"),
+]
+
+
+@pytest.mark.parametrize(("kind", "cached", "query", "rule"), NEAR_MISSES, ids=[n[0] for n in NEAR_MISSES])
+def test_each_near_miss_kind_is_refused_by_its_rule_even_at_similarity_one(kind, cached, query, rule):
+    verdict = get_verifier().check(cached, query, 1.0)
+    assert not verdict.agrees
+    assert verdict.score == 0.0
+    assert verdict.reason == rule, kind
+
+
+@pytest.mark.parametrize(("cached", "query"), EQUIVALENT)
+def test_wording_only_differences_are_equivalent(cached, query):
+    verdict = get_verifier().check(cached, query, 0.9)
+    assert verdict.agrees and verdict.reason == "equivalent" and verdict.score == 1.0
+
+
+def test_swapped_order_or_pronoun_is_not_equivalent():
+    verifier = get_verifier()
+    for cached, query in [("Does the Earth revolve around the Sun?", "Does the Sun revolve around the Earth?"),
+                          ('Correct this: "She don\'t like apples."', 'Correct this: "He don\'t like apples."'),
+                          ("Where is the Eiffel Tower?", "What is the Eiffel Tower?")]:
+        assert verifier.check(cached, query, 0.95).reason != "equivalent", (cached, query)
+
+
+def test_the_model_scores_rewordings_and_refuses_single_word_swaps():
+    verifier = get_verifier()
+    reworded = verifier.check("How do I reverse a list in Python?", "What's the way to reverse a Python list?", 0.973)
+    assert reworded.reason == "model" and reworded.agrees
+    swapped = verifier.check("What's the time complexity of binary search?",
+                             "What's the space complexity of binary search?", 0.907)
+    assert swapped.reason == "model" and not swapped.agrees
+    # the similarity counts: the same pair at a lower cosine scores lower
+    assert verifier.score("How do I reverse a list in Python?", "What's the way to reverse a Python list?", 0.80) < \
+        reworded.score
+
+
+def test_verifier_is_deterministic_and_symmetric():
+    pairs = [(p.a, p.b) for p in load_pairs()[:120]]
+    first = [get_verifier().check(a, b, 0.9) for a, b in pairs]
+    analyse.cache_clear()  # recomputed from scratch by a fresh instance with freshly loaded weights
+    fresh = Verifier(VerifierModel.load())
+    assert [fresh.check(a, b, 0.9) for a, b in pairs] == first
+    assert [fresh.score(b, a, 0.9) for a, b in pairs] == [v.score for v in first]
+    for a, b in pairs[:40]:
+        assert np.array_equal(pair_features(analyse(a), analyse(b), 0.9), pair_features(analyse(b), analyse(a), 0.9))
+
+
+def test_numbers_are_canonical_across_digits_and_words():
+    assert analyse("twenty-five apples").numbers == analyse("25 apples").numbers == ("25",)
+    assert analyse("one hundred and two").numbers == ("102",)
+    assert analyse("the sixteenth president").numbers == analyse("the 16th president").numbers == ("#16",)
+    assert analyse("a price of 1,500 dollars").numbers == ("1500",)
+    assert analyse("World War II").numbers == analyse("the Second World War").numbers == ()  # a name, not a number
+
+
+def test_case_sensitive_entries():
+    assert analyse("Write to my friend Grace.").slots == {"name": frozenset({"grace"})}
+    assert "name" not in analyse("Is there a grace period?").slots
+    assert analyse("Is tipping rude in the US?").slots == {"place": frozenset({"united states"})}
+    assert "place" not in analyse("Tell us a story.").slots
+    assert analyse("How do I do it in Go?").slots == {"proglang": frozenset({"golang"})}
+    assert "proglang" not in analyse("Go to the store.").slots  # sentence start: a verb
+
+
+def test_lexicon_parser_sections():
+    lex = parse_lexicon("""
+        [slot place]
+        spain = spanish, castilian
+        [slot name case]
+        grace
+        [case]
+        US = place/united states
+        [polar]
+        cheap, cheapest | expensive
+        [negation]
+        not
+        [synonym]
+        make = create, build
+        [filler]
+        please
+        [stop]
+        the
+    """)
+    assert lex.phrases[("castilian",)] == ("place", "spain")
+    assert lex.case_slots == frozenset({"name"})
+    assert lex.cased["US"] == ("place", "united states")
+    assert lex.poles["cheapest"] == ((1, 0),) and lex.poles["expensive"] == ((1, 1),)
+    assert lex.synonyms["build"] == "make"
+    assert "not" in lex.negations and "please" in lex.filler and "the" in lex.stop
+
+
+def test_weights_file_matches_the_features_and_was_fitted_on_the_tune_split():
+    doc = json.loads(WEIGHTS_PATH.read_text())
+    assert tuple(doc["features"]) == FEATURES and len(doc["weights"]) == len(FEATURES)
+    assert doc["fitted"]["split"] == "tune" and doc["fitted"]["false_hits"] == 0
+    with pytest.raises(ValueError, match="other features"):
+        VerifierModel((1.0,) * (len(FEATURES) - 1), 0.0, 0.5, FEATURES[:-1])
+    with pytest.raises(ValueError, match="cutoff"):
+        VerifierModel((1.0,) * len(FEATURES), 0.0, 1.0)
+
+
+def test_evaluation_set_is_large_balanced_covers_every_kind_and_splits_deterministically():
+    pairs = load_pairs()
+    assert len(pairs) >= 500
+    kinds = Counter(p.kind for p in pairs)
+    same = kinds["same"]
+    assert 0.4 <= same / len(pairs) <= 0.6
+    wanted = {"language", "country", "city", "entity", "name", "negation", "antonym", "direction", "format",
+              "number", "ordinal", "programming_language", "tech", "unit", "time", "content"}
+    assert wanted <= set(kinds)
+    for split in ("tune", "test"):
+        present = {p.kind for p in pairs if p.split == split}
+        assert wanted | {"same"} <= present, (split, wanted - present)
+    assert len({(p.a, p.b) for p in pairs}) == len(pairs), "duplicate pairs"
+    # whole blocks go to one split, by a hash of their first line: stable across runs
+    assert {p.split for p in pairs if p.block == 1} == {split_of("same | Translate 'good morning' into Spanish. | "
+                                                                "How do you say good morning in Spanish?")}
+    by_block: dict[int, set[str]] = {}
+    for p in pairs:
+        by_block.setdefault(p.block, set()).add(p.split)
+    assert all(len(splits) == 1 for splits in by_block.values())
