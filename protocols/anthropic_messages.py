@@ -18,7 +18,7 @@ from protocols.anthropic_chat import message_usage
 from protocols.api import Api
 from protocols.errors import anthropic_error_body
 from protocols.sse import named
-from protocols.text import estimate_tokens, text_of
+from protocols.text import estimate_tokens, split_text, text_of
 from protocols.usage import Usage
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
@@ -114,10 +114,6 @@ def usage_of(body: bytes) -> Usage:
         return Usage()
 
 
-def _pieces(text: str, size: int = 24) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 def replay_events(message: dict[str, Any]) -> list[dict[str, Any]]:
     """A finished `message` as the documented event sequence of a live stream."""
     start = {**message, "content": [], "stop_reason": None, "stop_sequence": None,
@@ -127,14 +123,14 @@ def replay_events(message: dict[str, Any]) -> list[dict[str, Any]]:
         kind = block.get("type")
         if kind == "text":
             opening, deltas = {"type": "text", "text": ""}, [{"type": "text_delta", "text": p}
-                                                             for p in _pieces(block.get("text", ""))]
+                                                             for p in split_text(block.get("text", ""))]
         elif kind == "tool_use":
             opening = {**block, "input": {}}
             deltas = [{"type": "input_json_delta", "partial_json": p}
-                      for p in _pieces(msgspec.json.encode(block.get("input") or {}).decode())]
+                      for p in split_text(msgspec.json.encode(block.get("input") or {}).decode())]
         elif kind == "thinking":
             opening = {"type": "thinking", "thinking": "", "signature": ""}
-            deltas = [{"type": "thinking_delta", "thinking": p} for p in _pieces(block.get("thinking", ""))]
+            deltas = [{"type": "thinking_delta", "thinking": p} for p in split_text(block.get("thinking", ""))]
             deltas.append({"type": "signature_delta", "signature": block.get("signature", "")})
         else:  # redacted thinking, server tool blocks: whole in their start event
             opening, deltas = block, []

@@ -16,7 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from protocols.api import Api
-from protocols.text import estimate_tokens
+from protocols.text import estimate_tokens, split_text
 from protocols.usage import UsagePeek, to_usage
 from protocols.openai_common import OpenAIWire
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
@@ -158,24 +158,6 @@ class ChatCompletionRequest(_Wire, kw_only=True):
 
 
 
-def _split_text(text: str, target: int = 16, max_chunks: int = 64) -> list[str]:
-    """Split text into a few pieces at word boundaries (about `target` chars each)."""
-    if not text:
-        return []
-    size = max(target, -(-len(text) // max_chunks))
-    pieces: list[str] = []
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            space = text.rfind(" ", start + 1, end + 1)
-            if space > start:
-                end = space + 1  # keep the space with the word before it, as tokenizers do
-        pieces.append(text[start:end])
-        start = end
-    return pieces
-
-
 def _split_args(arguments: str, target: int = 24) -> list[str]:
     return [arguments[i : i + target] for i in range(0, len(arguments), target)] or [""]
 
@@ -238,12 +220,12 @@ def replay_chunks(
             for t in token_lps:
                 emit(index, {"content": t.get("token", "")}, logprobs={"content": [t], "refusal": None})
         elif content:
-            for piece in _split_text(content):
+            for piece in split_text(content):
                 emit(index, {"content": piece})
 
         refusal = message.get("refusal")
         if refusal:
-            for piece in _split_text(refusal):
+            for piece in split_text(refusal):
                 emit(index, {"refusal": piece})
 
         for ti, call in enumerate(tool_calls):

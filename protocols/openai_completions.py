@@ -14,7 +14,7 @@ from msgspec import Meta, Struct
 
 from protocols.api import Api
 from protocols.errors import bad_request
-from protocols.text import estimate_tokens
+from protocols.text import estimate_tokens, split_text
 from protocols.usage import UsagePeek, to_usage
 from protocols.openai_common import OpenAIWire
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
@@ -78,10 +78,6 @@ class _ChunkPeek(msgspec.Struct):
 _chunk_decoder = msgspec.json.Decoder(_ChunkPeek)
 
 
-def _pieces(text: str, size: int = 16) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
 class CompletionsWire(OpenAIWire):
     api = Api.COMPLETIONS
     path = "/completions"
@@ -133,7 +129,7 @@ class CompletionsWire(OpenAIWire):
 
         for choice in doc.get("choices") or []:
             index = choice.get("index", 0)
-            for piece in _pieces(choice.get("text") or ""):
+            for piece in split_text(choice.get("text") or ""):
                 emit({"index": index, "text": piece, "logprobs": None, "finish_reason": None})
             emit({"index": index, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason") or "stop"})
         if include_usage:

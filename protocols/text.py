@@ -116,3 +116,23 @@ def static_prefix(messages: Any) -> list[Any]:
         if isinstance(message, Mapping) and message.get("role") == "user":
             return messages[:i]
     return messages[:-1]
+
+
+def split_text(text: str, target: int = 16, max_pieces: int = 64) -> list[str]:
+    """A stored text as a few stream deltas at word boundaries (about `target` characters each;
+    a replay need not be token by token). The space stays with the word before it, as
+    tokenizers do."""
+    if not text:
+        return []
+    size = max(target, -(-len(text) // max_pieces))
+    pieces: list[str] = []
+    start = 0
+    while start < len(text):
+        end = min(len(text), start + size)
+        if end < len(text):
+            space = text.rfind(" ", start + 1, end + 1)
+            if space > start:
+                end = space + 1
+        pieces.append(text[start:end])
+        start = end
+    return pieces
