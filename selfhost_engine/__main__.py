@@ -26,6 +26,8 @@ def serve(argv: list[str]) -> None:
                    help="n-gram (prompt-lookup) speculative decoding: draft up to K tokens per step (0 = off)")
     p.add_argument("--ngram-min", type=int, default=2, help="shortest suffix n-gram looked up")
     p.add_argument("--ngram-max", type=int, default=4, help="longest suffix n-gram looked up")
+    p.add_argument("--speculative-disable-by-batch-size", type=int, default=8,
+                   help="draft nothing while more sequences than this are running")
     p.add_argument("--log-level", default="warning")
     a = p.parse_args(argv)
 
@@ -41,7 +43,7 @@ def serve(argv: list[str]) -> None:
             max_num_batched_tokens=a.max_num_batched_tokens, max_model_len=a.max_model_len, dtype=a.dtype,
             device=a.device, enable_prefix_caching=not a.no_prefix_caching, enforce_eager=a.enforce_eager,
             num_threads=a.threads, speculative_ngram=a.speculative_ngram, ngram_min=a.ngram_min,
-            ngram_max=a.ngram_max)
+            ngram_max=a.ngram_max, speculative_disable_by_batch_size=a.speculative_disable_by_batch_size)
 
     app = create_app(engine_factory=factory)
     uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level)

@@ -24,6 +24,7 @@ class EngineConfig:
     speculative_ngram: int = 0               # draft up to K tokens by n-gram lookup (0 = off)
     ngram_min: int = 2                       # shortest suffix looked up (1 drafts on chance matches)
     ngram_max: int = 4                       # longest suffix looked up (tried first)
+    speculative_disable_by_batch_size: int = 8   # no drafts while more sequences run (each verifies alone)
 
     def __post_init__(self) -> None:
         if self.block_size <= 0:

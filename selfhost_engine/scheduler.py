@@ -85,11 +85,12 @@ class Scheduler:
         scheduled: set[int] = set()
 
         decodes = sorted((s for s in self.running if s.num_uncomputed == 1), key=_order)
+        draft = len(self.running) <= self.config.speculative_disable_by_batch_size
         prefills = [s for s in self.running if s.num_uncomputed > 1]
         for seq in decodes + prefills:
             if seq.status is not SeqStatus.RUNNING or budget <= 0:
                 continue
-            seq.spec_token_ids = self._draft(seq, budget) if seq.num_uncomputed == 1 else []
+            seq.spec_token_ids = self._draft(seq, budget) if draft and seq.num_uncomputed == 1 else []
             n = min(seq.num_uncomputed + len(seq.spec_token_ids), budget)
             ok = True
             while not self.bm.can_allocate(seq, n):

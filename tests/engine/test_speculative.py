@@ -146,3 +146,19 @@ async def test_spec_metrics_and_sampled_requests(tiny_model_dir, copy_model):
         assert 'vllm:spec_decode_num_drafts_total{model_name="tiny"}' in vals
     finally:
         ae.shutdown()
+
+
+class FixedDrafts:
+    max_k = 2
+
+    def propose(self, seq: Sequence, limit: int) -> list[int]:
+        return [5, 6][:limit]
+
+
+def test_no_drafts_while_more_sequences_run_than_the_limit(make_engine):
+    eng = make_engine(block_size=4, num_blocks=64, speculative_ngram=2, speculative_disable_by_batch_size=1)
+    eng.scheduler.proposer = FixedDrafts()
+    eng.generate([list(range(20, 30)), list(range(40, 50))], SamplingParams(max_tokens=4, **GREEDY))
+    assert eng.stats.spec_draft_tokens == 0            # two running > limit 1
+    eng.generate([list(range(20, 30))], SamplingParams(max_tokens=4, **GREEDY))
+    assert eng.stats.spec_draft_tokens > 0
