@@ -158,7 +158,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         else:
             budgets = FailoverBudgets(
                 RedisBudgets(shared.redis, prefix=settings.redis_prefix, lease=settings.budget_lease,
-                             gate=shared.gate, health=shared.health, owns_client=False),
+                             gate=shared.gate, health=shared.health, owns_client=False,
+                             confirm_replicas=1 if shared.kind == "sentinel" else 0),
                 mode=settings.budgets_fail_mode)
             store = RedisStore(shared.redis, prefix=settings.redis_prefix + "cache:", health=shared.health)
         cache = ResponseCache(store)

@@ -134,3 +134,36 @@ async def test_sentinel_failover_under_load_loses_no_settled_spend():
         await fb.aclose()
         await state.aclose()
         s.stop()
+
+
+async def test_sentinel_settle_no_replica_acknowledged_survives_the_failover():
+    # Replication is asynchronous: a settle acknowledged by a master that dies before its replica
+    # received it would vanish with the promotion. Such a settle (WAIT saw no replica) is held and
+    # replayed once the new master answers.
+    s = SentinelSet(down_after_ms=600)
+    state = shared(s.url)
+    fb = FailoverBudgets(RedisBudgets(state.redis, prefix="t:", gate=state.gate, health=state.health, owns_client=False,
+                                      confirm_replicas=1, confirm_timeout=0.1), mode="closed")
+    sp = TenantSpec(limits=TenantLimits(tokens_per_day=10**6))
+    try:
+        assert await state.health.probe()
+        r = await fb.reserve(tenant="t", spec=sp, model="m", request_id="one", tokens=10, usd=0)
+        await asyncio.sleep(0.3)  # the reservation reaches the replica
+        s.replica.client().execute_command("REPLICAOF", "NO", "ONE")  # replication cut: the write stays on the master
+        await fb.settle(r, tokens=42, usd=0)
+        s.master.stop()  # the master dies with the settle only in its memory
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                w = (await fb.usage("t", sp))["windows"]["tokens_per_day"]
+                if w["spent"] == 42 and fb.pending_settles == 0:
+                    break
+            except BudgetsUnavailable:
+                pass
+            await asyncio.sleep(0.2)
+        assert s.master_port() == s.replica.port, "the replica was promoted"
+        assert (w["spent"], w["reserved"]) == (42, 0)
+    finally:
+        await fb.aclose()
+        await state.aclose()
+        s.stop()

@@ -12,7 +12,9 @@ Back-pressure (`BudgetsBusy`: this replica's own pool is exhausted, or the store
 but answers a probe) never flips the mode; the excess caller gets 503 + Retry-After.
 
 A settle never raises for unavailability (the reply is already gone): it is queued and
-replayed. ONE replayer at a time pops an entry before settling it and puts it back at the head
+replayed. On Sentinel (asynchronous replicas) a settle no replica acknowledged within a short WAIT
+is held for `hold_seconds` and replayed after the next outage, so a fail-over that promotes a
+replica without it does not lose it. ONE replayer at a time pops an entry before settling it and puts it back at the head
 on failure, so concurrent recoveries can neither replay a settle twice nor drop one.
 """
 
@@ -68,6 +70,10 @@ class FailoverBudgets:
         self._pending: deque[_Pending] = deque()
         self._twins: dict[tuple[str, str, str], tuple[Reservation, TenantSpec]] = {}
         self._touched: dict[str, TenantSpec] = {}  # tenants with journaled spend (overspend check)
+        # settles no replica acknowledged (Sentinel): (when, settle), replayed after an outage
+        self.hold_seconds = 30.0
+        self._outages_seen = self.health.outages
+        self._held: deque[tuple[float, _Pending]] = deque(maxlen=max_pending_settles)
         self._replay_lock = asyncio.Lock()
         self._replayer: asyncio.Task[None] | None = None
         self._log = QuietLog(log)
@@ -100,7 +106,7 @@ class FailoverBudgets:
             while self._pending and not self.health.down:
                 item = self._pending.popleft()
                 try:
-                    await self.primary.settle(item.reservation, tokens=item.tokens, usd=item.usd)
+                    await self.primary.settle(item.reservation, tokens=item.tokens, usd=item.usd, confirm=False)
                 except BudgetsUnavailable:  # down or busy: back at the head, try again later
                     self._pending.appendleft(item)
                     return
@@ -113,7 +119,13 @@ class FailoverBudgets:
             self._replayer = asyncio.get_running_loop().create_task(self._replay())
 
     async def _recover(self) -> None:
-        """The store is back: renew our leases, replay the journal, then report the overspend."""
+        """The store is back: renew our leases, replay the journal, then report the overspend.
+        Settles no replica had acknowledged are replayed first: after a fail-over the promoted
+        replica may lack them (a replay the store already has is a no-op)."""
+        if self.health.outages != self._outages_seen:  # only after a real outage (a fail-over)
+            self._outages_seen = self.health.outages
+            while self._held:
+                self._pending.appendleft(self._held.pop()[1])
         await self.primary.renew()
         had = len(self._pending)
         await self._replay()
@@ -172,11 +184,17 @@ class FailoverBudgets:
             self._queue(_Pending(reservation, tokens, usd))
             return
         try:
-            await self.primary.settle(reservation, tokens=tokens, usd=usd)
+            replicated = await self.primary.settle(reservation, tokens=tokens, usd=usd)
         except BudgetsUnavailable:
             self._queue(_Pending(reservation, tokens, usd))
             if not self.health.down:  # busy: retry shortly
                 self._replay_soon()
+            return
+        now = self._clock()
+        while self._held and self._held[0][0] < now - self.hold_seconds:
+            self._held.popleft()  # replicated by now, or no replica exists to lose it to
+        if replicated is False:
+            self._held.append((now, _Pending(reservation, tokens, usd)))
 
     async def usage(self, tenant: str, spec: TenantSpec) -> dict:
         if not self.health.down:

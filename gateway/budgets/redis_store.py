@@ -56,6 +56,8 @@ class RedisBudgets:
         gate: Gate | None = None,
         health: StoreHealth | None = None,
         owns_client: bool = True,
+        confirm_replicas: int = 0,
+        confirm_timeout: float = 0.2,
     ) -> None:
         if lease <= 0 or tombstone_ttl <= 0:
             raise ValueError("lease and tombstone_ttl must be positive")
@@ -69,6 +71,8 @@ class RedisBudgets:
         self.gate = gate or Gate()
         self.health = health or StoreHealth(redis.ping)
         self.owns_client = owns_client
+        self.confirm_replicas = confirm_replicas
+        self.confirm_timeout = confirm_timeout
         self.replica_id = uuid.uuid4().hex[:12]
         self.replicas = 1  # live replicas sharing these budgets (learned from heartbeats)
         self.renewals = 0
@@ -87,11 +91,21 @@ class RedisBudgets:
     def _head(self, op: str, tenant: str, now: float) -> list[Any]:
         return [op, int(now * 1000), self.plan.record_prefix(tenant), self.reclaim_batch, max(1, int(self.tombstone_ttl))]
 
-    async def _run(self, keys: list[str], args: list[Any]) -> Any:
+    async def _eval_and_wait(self, keys: list[str], args: list[Any], replicas: int) -> int:
+        """EVALSHA then WAIT on one connection (a pipeline): how many replicas have the write."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await self._script(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, int(self.confirm_timeout * 1000))
+            replies = await pipe.execute()
+        return int(replies[-1])
+
+    async def _run(self, keys: list[str], args: list[Any], wait: int = 0) -> Any:
         if self.health.down:
             raise BudgetsUnavailable("budget store unreachable (probing in the background)")
         try:
             async with self.gate.slot():
+                if wait:
+                    return await self._eval_and_wait(keys, args, wait)
                 return await self._script(keys=keys, args=args)
         except asyncio.CancelledError:
             raise
@@ -156,7 +170,10 @@ class RedisBudgets:
         return reservation(f"{request_id}.{lease}", tenant, model, 0, 0.0, windows, [Count()] * len(windows),
                            now, now, "redis", lease)
 
-    async def settle(self, reservation: Reservation, *, tokens: int, usd: float) -> None:
+    async def settle(self, reservation: Reservation, *, tokens: int, usd: float, confirm: bool = True) -> bool:
+        """Record the actual usage. With `confirm_replicas` (Sentinel: asynchronous replicas that
+        a fail-over promotes), the settle is followed by WAIT on the same connection; False means
+        no replica acknowledged it within `confirm_timeout` (the caller holds it for a replay)."""
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
         nano = usd_to_nano(usd)
@@ -169,7 +186,10 @@ class RedisBudgets:
         keys = [self.plan.active_key(t), self.plan.record_prefix(t) + rid, *reservation.keys]
         args = self._head("S", t, self.now()) + [tokens, nano, rid, reservation.lease, reservation.units]
         args += list(reservation.expire_at)
-        await self._run(keys, args)
+        if not (confirm and self.confirm_replicas):
+            await self._run(keys, args)
+            return True
+        return await self._run(keys, args, wait=self.confirm_replicas) >= self.confirm_replicas
 
     async def usage(self, tenant: str, spec: TenantSpec) -> dict:
         now = self.now()

@@ -12,7 +12,7 @@ from typing import Any
 
 from gateway.state.gate import Gate
 from gateway.state.health import StoreHealth
-from gateway.state.topology import RedisConfig, connect
+from gateway.state.topology import RedisConfig, connect, parse_url
 
 
 @dataclass(slots=True)
@@ -22,6 +22,7 @@ class SharedState:
     gate: Gate = field(default_factory=Gate)
     health: StoreHealth | None = None  # built from `redis.ping` when not given
     owns_client: bool = True
+    kind: str = "single"  # "single" | "cluster" | "sentinel" (see topology.py)
 
     def __post_init__(self) -> None:
         if self.health is None:
@@ -35,6 +36,7 @@ class SharedState:
             prefix=prefix,
             gate=Gate(config.pool_size, config.pool_wait),
             health=StoreHealth(redis.ping, probe_timeout=config.timeout, interval=probe_interval),
+            kind=parse_url(config.url).kind,
         )
 
     async def aclose(self) -> None:
