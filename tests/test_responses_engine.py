@@ -1,7 +1,7 @@
 """The Responses API on the bundled engine (embedded target, translated through the chat pivot),
 driven by the official `openai` SDK against a real gateway process: create, stream, stored
 continuation, and a Codex-shaped request (store false, encrypted reasoning, tools, history of
-parallel function calls)."""
+parallel function calls); and the `openai` npm package with the Vercel AI SDK (text and streams)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ import pytest
 
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess
+from tests.test_responses_js import run_check, script  # noqa: F401  (the node script fixture)
 
 TOOLS = [{"type": "function", "name": "run", "parameters": {"type": "object", "properties": {"cmd": {"type": "string"}}}}]
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory):
+def engine_gw(tmp_path_factory):
     policy = write_policy(tmp_path_factory.mktemp("responses-engine"), """
         targets:
           local-engine:
@@ -27,7 +28,12 @@ def client(tmp_path_factory):
           local: {targets: [local-engine], max_tokens: 64}
     """)
     with GatewayProcess(policy) as proc:
-        yield openai.OpenAI(base_url=proc.base_url, api_key=proc.dev_key, max_retries=0, timeout=120)
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def client(engine_gw):
+    return openai.OpenAI(base_url=engine_gw.base_url, api_key=engine_gw.dev_key, max_retries=0, timeout=120)
 
 
 def test_create_stream_and_continue_on_the_engine(client):
@@ -72,3 +78,12 @@ def test_codex_shaped_request_on_the_engine(client):
         conversation.append({"type": "message", "role": "user", "content": f"turn {turn} done"})
         with pytest.raises(openai.NotFoundError):
             client.responses.retrieve(events[-1].response.id)
+
+
+def test_openai_npm_and_ai_sdk_on_the_engine(script, engine_gw):  # noqa: F811
+    report = run_check(script, engine_gw, "local", "basic")
+    assert report["text"] and report["usage"]["output_tokens"] == 50
+    assert report["eventTypes"][0] == "response.created" and report["eventTypes"][-1] == "response.incomplete"
+    assert report["sequence"] == list(range(len(report["sequence"])))
+    assert report["streamed"] == report["streamFinal"]
+    assert report["aiText"] and report["aiUsage"]["outputTokens"] == 50 and report["aiStreamed"]

@@ -1,6 +1,7 @@
 """JavaScript callers of the Responses API: the official `openai` npm package and the Vercel AI
 SDK's default OpenAI provider (`generateText`, `streamText`, a tool loop), against a real gateway
-process on the OpenAI stub (verbatim) and on the Anthropic stub (translated)."""
+process on the OpenAI stub (verbatim) and on the Anthropic stub (translated); the bundled engine's
+run is in tests/test_responses_engine.py (one engine load per module)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ JS = Path(__file__).parent / "js"
 
 
 @pytest.fixture(scope="module")
-def script():
+def script() -> Path:
     if shutil.which("node") is None:
         pytest.skip("node is not installed")
     if not (JS / "node_modules" / "@ai-sdk" / "openai").exists():
@@ -50,15 +51,15 @@ def gw(tmp_path_factory, _module_stub):
             yield proc, controller
 
 
-def _run(script: Path, gw: GatewayProcess, model: str) -> dict:
-    result = subprocess.run(["node", str(script), gw.base_url, gw.dev_key, model], capture_output=True, text=True,
-                            timeout=120)
+def run_check(script: Path, gw: GatewayProcess, model: str, *mode: str) -> dict:
+    result = subprocess.run(["node", str(script), gw.base_url, gw.dev_key, model, *mode], capture_output=True,
+                            text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
 def test_openai_npm_and_ai_sdk_on_an_openai_target(script, gw, openai_stub):
-    report = _run(script, gw[0], "gpt-test")
+    report = run_check(script, gw[0], "gpt-test")
     assert report["text"] == "echo: hello from javascript" and report["usage"]["output_tokens"] == 4
     assert report["eventTypes"][0] == "response.created" and report["eventTypes"][-1] == "response.completed"
     assert report["sequence"] == list(range(len(report["sequence"])))
@@ -86,7 +87,7 @@ def test_openai_npm_and_ai_sdk_on_an_anthropic_target(script, gw):
     claude.reply_text("ai sdk streams")
     claude.reply_tool_use("lookup", {"text": "abc"}, id="toolu_ai")
     claude.reply_text("done with the tool")
-    report = _run(script, proc, "claude-test")
+    report = run_check(script, proc, "claude-test")
     assert report["text"] == "hello from javascript" and report["usage"]["output_tokens"] > 0
     assert report["streamed"] == report["streamFinal"] == "stream from javascript"
     assert report["eventTypes"][-1] == "response.completed"
@@ -96,3 +97,4 @@ def test_openai_npm_and_ai_sdk_on_an_anthropic_target(script, gw):
     tool_result = claude.last_body["messages"][-1]["content"][0]
     assert (tool_result["type"], tool_result["tool_use_id"]) == ("tool_result", "toolu_ai")
     assert "found 3" in json.dumps(tool_result["content"])
+

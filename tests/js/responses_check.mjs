@@ -1,12 +1,14 @@
 // The Responses API through a running gateway, with the official `openai` npm package and the
 // Vercel AI SDK's default OpenAI provider (which speaks the Responses API); prints one JSON report.
-// Usage: node responses_check.mjs <base_url> <api_key> <model>
+// Usage: node responses_check.mjs <base_url> <api_key> <model> [basic]
+// `basic`: text and streams only (for targets that cannot be scripted to call tools, e.g. the engine).
 import OpenAI from "openai";
 import { createOpenAI } from "@ai-sdk/openai";
 import { generateText, streamText, tool, stepCountIs } from "ai";
 import { z } from "zod";
 
-const [baseURL, apiKey, model] = process.argv.slice(2);
+const [baseURL, apiKey, model, mode] = process.argv.slice(2);
+const basic = mode === "basic";
 const client = new OpenAI({ baseURL, apiKey, maxRetries: 0 });
 const report = {};
 
@@ -23,6 +25,7 @@ report.sequence = events.map((e) => e.sequence_number);
 report.streamed = events.filter((e) => e.type === "response.output_text.delta").map((e) => e.delta).join("");
 report.streamFinal = events.at(-1).response.output[0].content[0].text;
 
+if (!basic) {
 const tools = [{ type: "function", name: "lookup", parameters: { type: "object", properties: { text: { type: "string" } } } }];
 const withTool = await client.responses.create({ model, input: "look it up", tools, max_output_tokens: 50 });
 const call = withTool.output.find((item) => item.type === "function_call");
@@ -41,6 +44,7 @@ try {
 } catch (e) {
   report.afterDelete = e.status;
 }
+}
 
 // -- Vercel AI SDK, default provider (Responses API) ----------------------------------------------
 const provider = createOpenAI({ baseURL, apiKey });
@@ -54,6 +58,7 @@ for await (const delta of streamed.textStream) aiStreamed += delta;
 report.aiStreamed = aiStreamed;
 report.aiStreamUsage = await streamed.usage;
 
+if (!basic) {
 const looped = await generateText({
   model: provider(model),
   prompt: "use the tool",
@@ -70,5 +75,6 @@ const looped = await generateText({
 report.aiSteps = looped.steps.length;
 report.aiToolCalls = looped.steps.flatMap((s) => s.toolCalls.map((c) => c.toolName));
 report.aiAfterTool = looped.text;
+}
 
 console.log(JSON.stringify(report));
