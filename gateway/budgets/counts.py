@@ -4,11 +4,13 @@ arithmetic. The Lua script answers a flat list `s1, r1, s2, r2, ...` aligned wit
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class Count:
+class Count(NamedTuple):
+    """(spent, reserved) of one window, by name. A NamedTuple: built 12 times per request on the
+    memory backend's hot path, where a frozen dataclass costs several times more."""
+
     spent: int = 0
     reserved: int = 0
 
@@ -16,7 +18,7 @@ class Count:
     def used(self) -> int:
         return self.spent + self.reserved
 
-    def plus_reserved(self, amount: int) -> Count:
+    def plus_reserved(self, amount: int) -> "Count":
         return Count(self.spent, self.reserved + amount)
 
 

@@ -120,11 +120,13 @@ class Planner:
             raise ValueError("prefix must not contain newlines or braces")
         self.prefix = prefix
         self._periods: Periods | None = None
+        self._planned: dict[tuple[str, TenantLimits, str | None], tuple[Window, ...]] = {}
 
     def periods(self, now: float) -> Periods:
         p = self._periods
         if p is None or int(now // 60) != p.minute:
             p = self._periods = Periods(now)
+            self._planned = {}  # window keys change with the minute
         return p
 
     def base(self, tenant: str) -> str:
@@ -137,7 +139,17 @@ class Planner:
         return self.base(tenant) + "rsv:"
 
     def windows(self, tenant: str, limits: TenantLimits, model: str | None, now: float) -> list[Window]:
+        """The windows of one limits block (cached per minute: planning is on the hot path)."""
         p = self.periods(now)
+        key = (tenant, limits, model)
+        cached = self._planned.get(key)
+        if cached is None:
+            if len(self._planned) > 100_000:
+                self._planned.clear()
+            cached = self._planned[key] = tuple(self._windows(tenant, limits, model, p))
+        return list(cached)
+
+    def _windows(self, tenant: str, limits: TenantLimits, model: str | None, p: Periods) -> list[Window]:
         base = self.base(tenant) + ("" if model is None else f"m:{_check_name('model', model)}:")
         out: list[Window] = []
         for rule in RULES:
