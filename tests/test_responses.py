@@ -63,6 +63,7 @@ def gw(tmp_path_factory, _module_stub, claude_stub):
         models:
           gpt-test: {{targets: [dead-openai, stub-openai], max_tokens: 1000}}
           claude-test: {{targets: [claude], max_tokens: 1000}}
+          mixed: {{targets: [claude, stub-openai], max_tokens: 1000}}
         retry: {{attempts: 1}}
         responses: {{ttl_seconds: 600}}
         tenants:
@@ -285,6 +286,18 @@ def test_claude_target_refuses_hosted_tools_and_continues_an_openai_conversation
     texts = [m["content"] for m in claude.last_body["messages"]]
     assert "remember the word kiwi" in json.dumps(texts) and "echo: remember the word kiwi" in json.dumps(texts)
     assert continued.output_text == "what word?"
+
+
+def test_failover_before_the_first_event_crosses_protocols(a, claude, openai_stub):
+    """Claude (translated) is overloaded before anything was sent: the OpenAI target (verbatim)
+    answers instead, and the caller sees one clean stream."""
+    claude.fail_next(1, status=529)
+    with a.responses.with_streaming_response.create(model="mixed", input="fail over please", stream=True,
+                                                    max_output_tokens=50) as raw:
+        assert (raw.headers["x-gateway-target"], raw.headers["x-gateway-fallbacks"]) == ("stub-openai", "claude")
+        text = "".join(json.loads(line[6:]).get("delta", "") for line in raw.iter_lines()
+                       if line.startswith("data: ") and "output_text.delta" in line)
+    assert text == "echo: fail over please" and claude.call_count == 1
 
 
 def test_claude_mid_stream_error_ends_with_an_error_event(a, claude):
