@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # protocols.translate registers this module: no import cycle 
 ECHOED = ("instructions", "max_output_tokens", "metadata", "parallel_tool_calls", "previous_response_id",
           "store", "temperature", "text", "tool_choice", "tools", "top_p", "truncation", "user", "reasoning",
           "service_tier", "max_tool_calls", "top_logprobs")
-_ECHO: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("responses_echo", default={})
+_ECHO: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("responses_echo", default=None)
 
 _ROLES = {"user": "user", "assistant": "assistant", "system": "system", "developer": "system"}
 _FINISH = {"length": ("incomplete", "max_output_tokens"), "content_filter": ("incomplete", "content_filter")}
@@ -311,13 +311,13 @@ class ResponsesToChat:
             raise Untranslatable(f"request cannot be translated for a chat upstream: {exc}") from exc
 
     def response(self, body: bytes) -> tuple[bytes, Usage]:
-        document, usage = response_from_chat(msgspec.json.decode(body), _ECHO.get())
+        document, usage = response_from_chat(msgspec.json.decode(body), _ECHO.get() or {})
         return msgspec.json.encode(document), usage
 
     async def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         from protocols.translate import UpstreamStreamError
 
-        state = _StreamState(_ECHO.get())
+        state = _StreamState(_ECHO.get() or {})
         encode = msgspec.json.encode
         async for payload in payloads:  # nothing is sent before the upstream's first chunk: failover stays open
             chunk = msgspec.json.decode(payload)

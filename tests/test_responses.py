@@ -222,14 +222,14 @@ def test_deterministic_requests_are_cached_and_replayed_as_the_documented_stream
 
 
 def test_cached_tool_calls_and_reasoning_replay_through_the_sdk_stream_accumulator(a, openai_stub):
-    request = dict(model="gpt-test", input="call both", tools=TOOLS, temperature=0, max_output_tokens=50, store=False,
-                   include=["reasoning.encrypted_content"])
+    request = {"model": "gpt-test", "input": "call both", "tools": TOOLS, "temperature": 0, "max_output_tokens": 50,
+               "store": False, "include": ["reasoning.encrypted_content"]}
     first = a.responses.create(**request)
     with a.responses.stream(**request) as stream:
         events = _events(stream)
         final = stream.get_final_response()
     assert [item.type for item in first.output] == ["reasoning", "function_call", "function_call"]
-    dump = lambda items: [{k: v for k, v in i.model_dump().items() if k != "parsed_arguments"} for i in items]  # noqa: E731
+    dump = lambda items: [{k: v for k, v in i.model_dump().items() if k != "parsed_arguments"} for i in items]
     assert dump(final.output) == dump(first.output)
     assert len(openai_stub.control.requests) == 1, "the stream was replayed from the cache"
     assert sum(e.type == "response.function_call_arguments.done" for e in events) == 2
@@ -243,9 +243,9 @@ def test_input_items_limit_is_bounded(gw):
 
 def test_mid_stream_failure_is_an_error_event_the_sdk_raises(a, openai_stub):
     openai_stub.control.fail_next(error_after_chunks=1, message="boom")
-    with pytest.raises(openai.APIError) as caught:
-        with a.responses.stream(model="gpt-test", input="alpha beta gamma", max_output_tokens=30) as stream:
-            list(stream)
+    with pytest.raises(openai.APIError) as caught, \
+            a.responses.stream(model="gpt-test", input="alpha beta gamma", max_output_tokens=30) as stream:
+        list(stream)
     assert "boom" in str(caught.value)
 
 
@@ -303,10 +303,9 @@ def test_failover_before_the_first_event_crosses_protocols(a, claude, openai_stu
 def test_claude_mid_stream_error_ends_with_an_error_event(a, claude):
     claude.error_mid_stream("overloaded_error", after=1)
     seen = []
-    with pytest.raises(openai.APIError) as caught:
-        with a.responses.stream(model="claude-test", input="x", max_output_tokens=100) as stream:
-            for event in stream:
-                seen.append(event.type)
+    with pytest.raises(openai.APIError) as caught, \
+            a.responses.stream(model="claude-test", input="x", max_output_tokens=100) as stream:
+        seen.extend(event.type for event in stream)
     assert "overloaded" in str(caught.value) and "response.output_text.delta" in seen
     assert "response.completed" not in seen
 
@@ -334,9 +333,9 @@ def test_budgets_settle_on_every_exit_path(gw, openai_stub, claude):
     streamed = _settled(gw, TINY)["spent"]
     assert streamed - after == final.usage.total_tokens, "translated stream: settled on reported usage"
     openai_stub.control.fail_next(error_after_chunks=1)
-    with pytest.raises(openai.APIError):
-        with tiny.responses.stream(model="gpt-test", input="one two three four", max_output_tokens=30) as stream:
-            list(stream)
+    with pytest.raises(openai.APIError), \
+            tiny.responses.stream(model="gpt-test", input="one two three four", max_output_tokens=30) as stream:
+        list(stream)
     broken = _settled(gw, TINY)["spent"]
     assert broken > streamed, "a broken stream is charged what was delivered"
     openai_stub.control.fail_next(status=400, message="bad")
