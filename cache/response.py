@@ -94,6 +94,10 @@ class CachedAnswer:
     def age(self) -> float:
         return max(0.0, time.time() - self.stored_at)
 
+    def headers(self) -> dict[str, str]:
+        """Response headers that explain this hit (the semantic cache adds its scores)."""
+        return {"x-gateway-cache-similarity": f"{self.similarity:.4f}"} if self.similarity is not None else {}
+
 
 @dataclass(frozen=True, slots=True)
 class Savings:

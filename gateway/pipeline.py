@@ -210,9 +210,7 @@ class Gateway:
         return reservation
 
     def _cached_reply(self, call: Call, inbound: Inbound, plan: Plan, hit: CachedAnswer) -> Reply:
-        call.headers.update({"x-gateway-cache": "hit", "x-gateway-target": "cache"})
-        if hit.similarity is not None:
-            call.headers["x-gateway-cache-similarity"] = f"{hit.similarity:.4f}"
+        call.headers.update({"x-gateway-cache": "hit", "x-gateway-target": "cache", **hit.headers()})
         saved = savings(hit.usage, plan.candidates[0].spec.effective_pricing())
         self.telemetry.cache_event(call.tenant, plan.model, "hit", saved.tokens, saved.usd)
         self.record(call, None, Usage(), 0.0, status=200, error=None, ttft_s=time.perf_counter() - call.started,

@@ -125,7 +125,6 @@ def test_semantic_entries_stay_in_their_tenant_and_scope(gw):
     assert ask(gw, "Who is the author of Pride and Prejudice?", system).headers["x-gateway-cache"] == "hit"
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline wiring pending (lead): headers from SemanticAnswer.headers()")
 def test_hit_header_explains_similarity_and_verifier_score(gw):
     system = f"Assistant {uuid.uuid4().hex[:8]}."
     ask(gw, "What is the capital of France?", system)
