@@ -25,6 +25,8 @@ import time
 import uuid
 from typing import Any
 
+from protocols.text import split_text
+
 # Terminal event per final status.
 TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
 
@@ -48,24 +50,6 @@ def response_object(model: str, *, id: str | None = None, created_at: int | None
     }
     response.update(echo or {})
     return response
-
-
-def split_text(text: str, target: int = 16, max_pieces: int = 64) -> list[str]:
-    """A stored text as a few deltas at word boundaries (a replay need not be token by token)."""
-    if not text:
-        return []
-    size = max(target, -(-len(text) // max_pieces))
-    pieces: list[str] = []
-    start = 0
-    while start < len(text):
-        end = min(len(text), start + size)
-        if end < len(text):
-            space = text.rfind(" ", start + 1, end + 1)
-            if space > start:
-                end = space + 1
-        pieces.append(text[start:end])
-        start = end
-    return pieces
 
 
 class Builder:
