@@ -25,7 +25,7 @@ import zlib
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
-from gateway.state import Failure, QuietLog, StoreHealth, classify
+from gateway.state import Failure, Gate, QuietLog, StoreBusy, StoreHealth, classify
 from gateway.state.health import UntrackedHealth
 
 log = logging.getLogger(__name__)
@@ -151,9 +151,11 @@ class RedisStore:
         backoff: float = 1.0,
         owns_client: bool = False,
         health: StoreHealth | UntrackedHealth | None = None,
+        gate: Gate | None = None,
     ) -> None:
         self.redis = redis
         self.health = health or UntrackedHealth()
+        self.gate = gate or Gate(size=1 << 30)
         self.prefix = prefix
         self.compress = compress
         self.compress_min_bytes = compress_min_bytes
@@ -215,12 +217,18 @@ class RedisStore:
             self.skipped += 1
             return False, None
         try:
-            if self.timeout is None:
-                result = await coro
-            else:
-                result = await asyncio.wait_for(coro, self.timeout)
+            async with self.gate.slot():  # the shared back-pressure gate: busy = a miss, not an outage
+                if self.timeout is None:
+                    result = await coro
+                else:
+                    result = await asyncio.wait_for(coro, self.timeout)
         except asyncio.CancelledError:
+            coro.close()
             raise
+        except StoreBusy:  # our own back-pressure: this call is a miss, the store is fine
+            coro.close()
+            self.skipped += 1
+            return False, None
         except Exception as exc:  # RedisError, OSError, TimeoutError, protocol surprises
             self._failed(op, exc)
             return False, None

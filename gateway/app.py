@@ -150,7 +150,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         shared = _shared_state(settings)
         app.state.shared_state = shared
         if shared is not None:  # discover the topology (cluster slots, sentinel master) before traffic
-            await shared.health.probe()
+            await shared.start()
         app.state.redis = shared.redis if shared is not None else None
         if shared is None:  # the embedded default: all state in this process
             budgets = MemoryBudgets()
@@ -161,7 +161,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
                              gate=shared.gate, health=shared.health, owns_client=False,
                              confirm_replicas=1 if shared.kind == "sentinel" else 0),
                 mode=settings.budgets_fail_mode)
-            store = RedisStore(shared.redis, prefix=settings.redis_prefix + "cache:", health=shared.health)
+            store = RedisStore(shared.redis, prefix=settings.redis_prefix + "cache:", health=shared.health,
+                               gate=shared.gate)
         cache = ResponseCache(store)
         semantic = None
         if any(m.cache.semantic.enabled for m in policy.models.values()):
@@ -182,16 +183,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
         # Stored Responses API answers (previous_response_id, GET/DELETE /v1/responses/{id}).
         app.state.responses = ResponseStore(store, ttl=lambda: app.state.gateway.runtime.policy.responses.ttl_seconds)
+        # Routing decisions + feedback: the pipeline records every difficulty-scored request.
+        app.state.decisions = MemoryDecisionStore() if shared is None else RedisDecisionStore(
+            shared.redis, prefix=settings.redis_prefix)
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients),
             Executor(observe=observe, gate=gate.gate),
             wires=WIRES, budgets=budgets, caching=Caching(cache, semantic), telemetry=telemetry, breakers=gate,
-            sessions={Api.RESPONSES: app.state.responses},
+            sessions={Api.RESPONSES: app.state.responses}, decisions=app.state.decisions,
         )
         _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
-        # Routing decisions + feedback (issue 14); the pipeline records via gateway.decisions.record_decision.
-        app.state.decisions = MemoryDecisionStore() if shared is None else RedisDecisionStore(
-            shared.redis, prefix=settings.redis_prefix)
         if app.state.gateway.runtime.router.scores_difficulty:
             _spawn(app, asyncio.to_thread(warm_scorer, app.state.gateway.runtime.router.scorer))
         # Replica-count advice per self-hosted target with an `autoscale` block (off the request path).

@@ -49,7 +49,7 @@ async def _budgets_breakers_cache(state: SharedState) -> None:
     tenant = "t" + uuid.uuid4().hex[:6]
     budgets = RedisBudgets(state.redis, prefix=state.prefix, gate=state.gate, health=state.health, owns_client=False)
     sp = TenantSpec(limits=TenantLimits(tokens_per_day=100, concurrent_requests=50, requests_per_minute=1000))
-    assert await state.health.probe()  # what the app does at startup (discovers the topology)
+    assert await state.start()  # what the app does at startup (discovers the topology)
     got = await asyncio.gather(*(budgets.reserve(tenant=tenant, spec=sp, model="m", request_id=f"r{i}", tokens=10, usd=0.001)
                                  for i in range(30)), return_exceptions=True)
     ok = [g for g in got if not isinstance(g, BaseException)]
@@ -146,7 +146,7 @@ async def test_sentinel_settle_no_replica_acknowledged_survives_the_failover():
                                       confirm_replicas=1, confirm_timeout=0.1), mode="closed")
     sp = TenantSpec(limits=TenantLimits(tokens_per_day=10**6))
     try:
-        assert await state.health.probe()
+        assert await state.start()
         r = await fb.reserve(tenant="t", spec=sp, model="m", request_id="one", tokens=10, usd=0)
         await asyncio.sleep(0.3)  # the reservation reaches the replica
         s.replica.client().execute_command("REPLICAOF", "NO", "ONE")  # replication cut: the write stays on the master

@@ -7,8 +7,11 @@ for "closing me closes the client" across the state layer.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from gateway.state.gate import Gate
 from gateway.state.health import StoreHealth
@@ -24,6 +27,8 @@ class SharedState:
     owns_client: bool = True
     kind: str = "single"  # "single" | "cluster" | "sentinel" (see topology.py)
 
+    probe_client: Any = None  # the probe's own connection: a full pool must not look like an outage
+
     def __post_init__(self) -> None:
         if self.health is None:
             self.health = StoreHealth(self.redis.ping)
@@ -31,15 +36,31 @@ class SharedState:
     @classmethod
     def connect(cls, config: RedisConfig, prefix: str = "gw:", *, probe_interval: float = 1.0) -> SharedState:
         redis = connect(config)
+        probe = connect(msgspec.structs.replace(config, pool_size=1, pool_wait=config.timeout))
         return cls(
             redis=redis,
             prefix=prefix,
             gate=Gate(config.pool_size, config.pool_wait),
-            health=StoreHealth(redis.ping, probe_timeout=config.timeout, interval=probe_interval),
+            health=StoreHealth(probe.ping, probe_timeout=config.timeout, interval=probe_interval),
             kind=parse_url(config.url).kind,
+            probe_client=probe,
         )
+
+    async def start(self) -> bool:
+        """Discover the topology (cluster slots, the sentinel's master) before traffic: a
+        RedisCluster initialised by many concurrent first commands drops some of them. Bounded
+        by the command timeout; False if the store does not answer (the fail mode then applies)."""
+        try:
+            async with asyncio.timeout(max(1.0, 4 * self.health.probe_timeout)):  # type: ignore[union-attr]
+                return bool(await self.redis.ping())
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            return False
 
     async def aclose(self) -> None:
         await self.health.aclose()  # type: ignore[union-attr]
         if self.owns_client:
             await self.redis.aclose()
+            if self.probe_client is not None:
+                await self.probe_client.aclose()

@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import msgspec
 import redis.asyncio as aioredis
+import redis.exceptions as redis_errors
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
@@ -112,7 +113,10 @@ def _common(config: RedisConfig) -> dict[str, Any]:
     return {
         "socket_timeout": config.timeout,
         "socket_connect_timeout": config.timeout,
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), config.retries),
+        # Retry a dropped connection once; never a timeout: the shared probe settles those
+        # (health.py), so a hung store costs one timeout per command, not two.
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.01), config.retries,
+                       supported_errors=(redis_errors.ConnectionError,)),
     }
 
 
