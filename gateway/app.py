@@ -183,16 +183,16 @@ def create_app(settings: Settings | None = None) -> Litestar:
 
         # Stored Responses API answers (previous_response_id, GET/DELETE /v1/responses/{id}).
         app.state.responses = ResponseStore(store, ttl=lambda: app.state.gateway.runtime.policy.responses.ttl_seconds)
+        # Routing decisions + feedback: the pipeline records every difficulty-scored request.
+        app.state.decisions = MemoryDecisionStore() if shared is None else RedisDecisionStore(
+            shared.redis, prefix=settings.redis_prefix)
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients),
             Executor(observe=observe, gate=gate.gate),
             wires=WIRES, budgets=budgets, caching=Caching(cache, semantic), telemetry=telemetry, breakers=gate,
-            sessions={Api.RESPONSES: app.state.responses},
+            sessions={Api.RESPONSES: app.state.responses}, decisions=app.state.decisions,
         )
         _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
-        # Routing decisions + feedback (issue 14); the pipeline records via gateway.decisions.record_decision.
-        app.state.decisions = MemoryDecisionStore() if shared is None else RedisDecisionStore(
-            shared.redis, prefix=settings.redis_prefix)
         if app.state.gateway.runtime.router.scores_difficulty:
             _spawn(app, asyncio.to_thread(warm_scorer, app.state.gateway.runtime.router.scorer))
         # Replica-count advice per self-hosted target with an `autoscale` block (off the request path).

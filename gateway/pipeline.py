@@ -30,6 +30,7 @@ from gateway.admission import Admitted, admit, check_body_size, output_cap_to_se
 from gateway.auth import KeyRing, Principal
 from gateway.budgets import Budgets, MemoryBudgets, Reservation
 from gateway.caching import Caching, replay
+from gateway.decisions import DecisionStore, record_decision
 from gateway.executor import Executor
 from gateway.router import Candidate, Plan, Router
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry
@@ -67,6 +68,7 @@ class Call:
     model: str = ""
     stream: bool = False
     queue_s: float = 0.0  # auth/admission/cache/budget time before the first upstream attempt
+    plan: Plan | None = None
 
     def fail(self, exc: GatewayError) -> GatewayError:
         exc.headers.setdefault("x-request-id", self.request_id)
@@ -93,10 +95,12 @@ class Gateway:
         telemetry: Telemetry | NullTelemetry | None = None,
         breakers: Any = None,
         sessions: Mapping[Api, Session] | None = None,
+        decisions: DecisionStore | None = None,
     ) -> None:
         self.runtime = runtime
         self.wires = dict(wires)
         self.sessions = dict(sessions or {})
+        self.decisions = decisions  # routing decisions for analysis and router training (None: not kept)
         self.executor = executor or Executor()
         self.budgets: Budgets = budgets if budgets is not None else MemoryBudgets()
         self.accounting = Accounting(self.budgets)
@@ -130,7 +134,7 @@ class Gateway:
                                                      inbound.prompt_tokens, api)
                     if plan.difficulty is not None:
                         span.set_attribute("gateway.difficulty", plan.difficulty.score)
-                call.model = plan.model
+                call.model, call.plan = plan.model, plan
                 admitted = admit(inbound, plan.model_spec, runtime.policy.limits)
         except GatewayError as exc:
             raise self._reject(call, exc, "model_not_found" if exc.code == "model_not_found" else "admission") from None
@@ -253,6 +257,11 @@ class Gateway:
         )
         self.telemetry.request_done(record)
         self.telemetry.end_request_span(call.span, record, error=error)
+        if call.plan is not None and call.plan.difficulty is not None:  # scored: worth keeping for the router
+            self.accounting.later(record_decision(
+                self.decisions, request_id=call.request_id, tenant=call.tenant, difficulty=call.plan.difficulty,
+                route=call.plan.route_name, target=record.target, prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens, cost_usd=cost))
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Finish settlements and cache writes still in flight (graceful shutdown)."""

@@ -4,6 +4,7 @@ the official `openai` SDK against a stub upstream that speaks OpenAI's documente
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
@@ -42,6 +43,8 @@ POLICY = """
       claude-only:
         targets: [claude]
     retry: {{attempts: 1}}
+    default_model: gpt-test
+    admin_keys: ["{admin_hash}"]
     tenants:
       tiny:
         keys: ["{tiny_hash}"]
@@ -51,13 +54,15 @@ POLICY = """
       max_prompt_tokens: 2000
 """
 TINY_KEY = "sk-tiny-tenant"
+ADMIN_KEY = "sk-admin-endpoints"
 
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, _module_stub):
     from gateway.auth import hash_key
 
-    text = POLICY.format(base_url=_module_stub.base_url, dead_port=free_port(), tiny_hash=hash_key(TINY_KEY))
+    text = POLICY.format(base_url=_module_stub.base_url, dead_port=free_port(), tiny_hash=hash_key(TINY_KEY),
+                         admin_hash=hash_key(ADMIN_KEY))
     path = write_policy(tmp_path_factory.mktemp("endpoints"), text)
     with GatewayProcess(path) as proc:
         yield proc
@@ -156,3 +161,20 @@ def test_budgets_count_embedding_input_and_refuse_with_429(gw, openai_stub):
     assert json.dumps(usage).count('"spent"') and usage["windows"]["tokens_per_day"]["spent"] == 30
     with pytest.raises(openai.RateLimitError):
         tiny.embeddings.create(model="text-embed", input="y" * 200, encoding_format="float")
+
+
+def test_difficulty_scored_requests_are_recorded_for_the_router(gw, client):
+    raw = client.chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "Prove that there are infinitely many primes."}],
+        extra_headers={"x-request-id": "req-decision-1"})
+    assert raw.headers["x-gateway-difficulty"]
+    rows = []
+    for _ in range(50):  # recorded after the reply, off the response path
+        export = httpx.get(gw.root_url + "/admin/router/export", params={"tenant": "dev", "labelled": "false"},
+                           headers={"authorization": f"Bearer {ADMIN_KEY}"}, timeout=5)
+        rows = [json.loads(line) for line in export.text.splitlines() if "req-decision-1" in line]
+        if rows:
+            break
+        time.sleep(0.1)
+    assert rows and rows[0]["target"] == "stub-openai" and 0.0 <= rows[0]["score"] <= 1.0
+    assert rows[0]["prompt_tokens"] > 0 and rows[0]["completion_tokens"] > 0
