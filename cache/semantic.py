@@ -94,10 +94,8 @@ class SemanticAnswer(CachedAnswer):
     verifier: float = 0.0  # the verifier's score (probability the two requests ask the same thing)
 
     def headers(self) -> dict[str, str]:
-        return {
-            "x-gateway-cache-similarity": f"{self.similarity or 0.0:.4f}",
-            "x-gateway-cache-verifier": f"{self.verifier:.3f}",
-        }
+        """`x-gateway-cache-similarity` (cosine) and `x-gateway-cache-verifier` (the verifier's score)."""
+        return {**CachedAnswer.headers(self), "x-gateway-cache-verifier": f"{self.verifier:.3f}"}
 
 
 def query_text(content: Any) -> str | None:

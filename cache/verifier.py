@@ -60,6 +60,9 @@ FEATURES: tuple[str, ...] = (
 )
 
 _SHORT_SPAN = 2
+# difflib is quadratic in the worst case (repetitive text): align only the head of long requests,
+# where a minimal edit would show; every other feature still sees the whole text.
+_ALIGN_MAX = 64
 
 
 def _slots_swapped(a: Profile, b: Profile) -> list[str]:
@@ -104,7 +107,7 @@ def _has_content(tokens: tuple[str, ...]) -> bool:
 def _alignment(a: Profile, b: Profile) -> tuple[int, int, float]:
     """Edits between the canonical sequences: a near miss is often one word swapped in an
     otherwise identical request ("time" -> "space complexity"), a paraphrase a rewording."""
-    left, right = a.sequence, b.sequence
+    left, right = a.sequence[:_ALIGN_MAX], b.sequence[:_ALIGN_MAX]
     if len(left) > len(right) or (len(left) == len(right) and left > right):  # symmetric
         left, right = right, left
     matcher = difflib.SequenceMatcher(None, left, right, autojunk=False)

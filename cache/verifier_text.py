@@ -69,7 +69,7 @@ _ORDINALS = {w: i + 1 for i, w in enumerate(
     "fourteenth fifteenth sixteenth seventeenth eighteenth nineteenth twentieth".split())}
 _ORDINALS |= {w: 10 * (i + 3) for i, w in enumerate("thirtieth fortieth fiftieth sixtieth seventieth eightieth ninetieth".split())}
 _ORDINALS |= {"hundredth": 100, "thousandth": 1000}
-_EXTRA_NUMBERS = {"single": 1, "pair": 2, "couple": 2, "dozen": 12, "half": 0.5, "none": 0}
+_EXTRA_NUMBERS = {"single": 1, "pair": 2, "couple": 2, "dozen": 12, "half": 0.5}
 _DIGITS = re.compile(r"^\d+(?:\.\d+)?$")
 _DIGIT_ORDINAL = re.compile(r"^(\d+)(?:st|nd|rd|th)$")
 

@@ -177,3 +177,13 @@ def test_evaluation_set_is_large_balanced_covers_every_kind_and_splits_determini
     for p in pairs:
         by_block.setdefault(p.block, set()).add(p.split)
     assert all(len(splits) == 1 for splits in by_block.values())
+
+
+def test_alignment_looks_at_the_head_of_long_requests_only_other_features_at_all_of_it():
+    head = " ".join(f"word{i}" for i in range(70))
+    a, b = analyse(f"{head} bread"), analyse(f"{head} cake")
+    features = dict(zip(FEATURES, pair_features(a, b, 0.9)))
+    assert features["aligned_substituted"] == 0  # past the aligned head (64 tokens)
+    assert features["content_diff"] == 2 and features["content_substituted"] == 1
+    short = dict(zip(FEATURES, pair_features(analyse("bake bread now"), analyse("bake cake now"), 0.9)))
+    assert short["aligned_substituted"] == 1
