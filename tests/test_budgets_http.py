@@ -317,3 +317,25 @@ def test_hung_store_in_open_mode_answers_fast_quietly_and_replays(tmp_path, upst
             assert (w["spent"], w["reserved"]) == (delivered, 0), "books == delivered usage"
     finally:
         server.stop()
+
+
+def test_redis_pool_limit_is_back_pressure_with_retry_after(tmp_path, upstream, prefix):
+    # The pool bound is a limit like any other: hit it on purpose (one command in flight, no
+    # waiting). The excess gets 503 + Retry-After; the store is never reported down.
+    policy = policy_for(tmp_path, upstream, "{tokens_per_day: 1000000, concurrent_requests: 100000}")
+    args = ["--redis-prefix", prefix, "--redis-pool-size", "1", "--redis-pool-wait", "0.0001",
+            "--budgets-fail-mode", "open"]
+    with GatewayProcess(policy, redis_url=REDIS_URL, extra_args=args) as gw:
+        responses = asyncio.run(_burst([gw.base_url], KEY_A, 60))
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy and all(r.status_code in (200, 503) for r in responses), {r.status_code for r in responses}
+        assert all(r.headers.get("retry-after") and r.json()["error"]["code"] == "budgets_unavailable" for r in busy)
+        ok = [r for r in responses if r.status_code == 200]
+        for _ in range(50):  # settles refused by the gate are retried in the background
+            day = usage_of(gw, "team-a")["windows"]["tokens_per_day"]
+            if day["spent"] == sum(r.json()["usage"]["total_tokens"] for r in ok):
+                break
+            time.sleep(0.1)
+        assert day["spent"] == sum(r.json()["usage"]["total_tokens"] for r in ok) and day["reserved"] == 0
+        ready = httpx.get(gw.root_url + "/readyz").json()
+        assert ready["checks"]["budgets"]["degraded"] is False, "local back-pressure is not an outage"

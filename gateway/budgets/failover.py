@@ -114,9 +114,19 @@ class FailoverBudgets:
                     self.dropped += 1
                     self._log.warning("replay", "budget replay failed: %s: %s", type(exc).__name__, exc)
 
+    async def _replay_until_empty(self) -> None:
+        """Retry with back-off while the store is up but refuses (busy): a journal must not wait
+        for the next request to be drained. While it is down, the recovery listener takes over."""
+        delay = 0.05
+        while self._pending and not self.health.down:
+            await self._replay()
+            if self._pending and not self.health.down:
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+
     def _replay_soon(self) -> None:
         if self._pending and (self._replayer is None or self._replayer.done()):
-            self._replayer = asyncio.get_running_loop().create_task(self._replay())
+            self._replayer = asyncio.get_running_loop().create_task(self._replay_until_empty())
 
     async def _recover(self) -> None:
         """The store is back: renew our leases, replay the journal, then report the overspend.
