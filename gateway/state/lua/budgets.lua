@@ -9,7 +9,8 @@
 --           replicas renew their leases (op L); an expired lease is reclaimed by the next
 --           reserve/usage of the tenant, so a crashed replica blocks budget for one lease.
 --   record  <p>{t}:rsv:<id>  HASH st = r (reserved) | x (reclaimed) | s (settled), t/u = the
---           estimate (tokens, nano-USD), c = unit letters, k = window keys, n = lease nonce.
+--           estimate (tokens, nano-USD), c = unit letters, k = window keys (relative to
+--           `<p>{t}:`), n = lease nonce, p = the previous settled lease of the same id.
 --           No expiry while reserved; a short tombstone TTL (minutes) once reclaimed/settled:
 --           as long as a replayed settle can still arrive, not days.
 -- Units: q = one request (spent on settle), t = tokens, u = nano-USD, c = a concurrency slot.
@@ -37,6 +38,13 @@ local now = ARGV[2]
 local rprefix = ARGV[3]
 local maxn = tonumber(ARGV[4])
 local tomb = ARGV[5]
+
+-- Records keep window keys relative to the tenant's base (`<p>{t}:`): a third of the bytes.
+local base = string.sub(rprefix, 1, #rprefix - 4)
+local function full(k)
+  if string.sub(k, 1, #base) == base then return k end  -- a record written with full keys
+  return base .. k
+end
 
 local function split(s)
   local out = {}
@@ -72,7 +80,7 @@ local function reclaim(zkey)
     local rk = rprefix .. id
     local rec = redis.call('HMGET', rk, 'st', 't', 'u', 'c', 'k')
     if rec[1] == 'r' then
-      for i, k in ipairs(split(rec[5])) do release(k, amount(string.sub(rec[4], i, i), rec[2], rec[3])) end
+      for i, k in ipairs(split(rec[5])) do release(full(k), amount(string.sub(rec[4], i, i), rec[2], rec[3])) end
       redis.call('HSET', rk, 'st', 'x')
       redis.call('EXPIRE', rk, tomb)
     end
@@ -116,7 +124,7 @@ if op == 'R' then
     end
     out[2 * i] = cur[2 * i - 1]
     out[2 * i + 1] = cur[2 * i] + tonumber(amt)
-    keys[i] = key
+    keys[i] = string.sub(key, #base + 1)
   end
   redis.call('DEL', rk)
   redis.call('HSET', rk, 'st', 'r', 't', tok, 'u', usd, 'c', units, 'k', table.concat(keys, '\n'), 'n', ARGV[11])
@@ -132,7 +140,7 @@ elseif op == 'S' then
   if (mine and rec[1] == 's') or (rec[1] and rec[7] == nonce) then return {2} end
   local releasing = mine and rec[1] == 'r'
   if releasing then
-    for i, k in ipairs(split(rec[5])) do release(k, amount(string.sub(rec[4], i, i), rec[2], rec[3])) end
+    for i, k in ipairs(split(rec[5])) do release(full(k), amount(string.sub(rec[4], i, i), rec[2], rec[3])) end
   end
   for i = 3, #KEYS do
     local unit = string.sub(units, i - 2, i - 2)
@@ -154,7 +162,7 @@ elseif op == 'X' then
   local rk = KEYS[2]
   local rec = redis.call('HMGET', rk, 'st', 't', 'u', 'c', 'k', 'n')
   if rec[1] ~= 'r' or rec[6] ~= ARGV[7] then return 0 end
-  for i, k in ipairs(split(rec[5])) do release(k, amount(string.sub(rec[4], i, i), rec[2], rec[3])) end
+  for i, k in ipairs(split(rec[5])) do release(full(k), amount(string.sub(rec[4], i, i), rec[2], rec[3])) end
   redis.call('HSET', rk, 'st', 'x')
   redis.call('EXPIRE', rk, tomb)
   redis.call('ZREM', KEYS[1], ARGV[6])
