@@ -54,6 +54,7 @@ async def _budgets_breakers_cache(state: SharedState) -> None:
                                  for i in range(30)), return_exceptions=True)
     ok = [g for g in got if not isinstance(g, BaseException)]
     assert len(ok) == 10 and all(isinstance(g, BudgetExceeded) for g in got if isinstance(g, BaseException))
+    assert await budgets.renew() == 10 and budgets.replicas >= 1  # leases and the heartbeat work here too
     await asyncio.gather(*(budgets.settle(r, tokens=7, usd=0.001) for r in ok))
     w = (await budgets.usage(tenant, sp))["windows"]
     assert (w["tokens_per_day"]["spent"], w["tokens_per_day"]["reserved"], w["concurrent_requests"]["reserved"]) == (70, 0, 0)
