@@ -84,8 +84,8 @@ async def test_cluster_budgets_breakers_and_cache(cluster):
 async def test_sentinel_failover_under_load_loses_no_settled_spend():
     s = SentinelSet(down_after_ms=600)
     state = shared(s.url)
-    fb = FailoverBudgets(RedisBudgets(state.redis, prefix="t:", gate=state.gate, health=state.health, owns_client=False),
-                         mode="closed")
+    fb = FailoverBudgets(RedisBudgets(state.redis, prefix="t:", gate=state.gate, health=state.health, owns_client=False,
+                                      confirm_replicas=1), mode="closed")  # as the app builds it on Sentinel
     sp = TenantSpec(limits=TenantLimits(tokens_per_day=10**9, concurrent_requests=10**6))
     delivered = 0
     refused = 0
