@@ -108,15 +108,15 @@ class Delivery:
                        fallbacks=len(failures), cache=str(self.found.decision.status))
         if gateway.caching.should_store(self.found):
             gateway.caching.store_later(self.found, completion.body, usage, self.plan.cache, gateway.accounting.later)
-        if self.session.keeps(self.inbound):
-            gateway.accounting.later(self.session.remember(self.inbound, call.tenant, completion.body))
+        if self.session.keeps(self.inbound):  # before the reply: a caller may continue from it at once
+            await self.session.remember(self.inbound, call.tenant, completion.body)
         return Reply(200, call.headers, body=completion.body)
 
     async def stream(self) -> Reply:
         gateway, call = self.gateway, self.call
         try:
             start = await gateway.executor.open_stream(self.plan, self.make_request, span=self._attempt_span(),
-                                                       check=lambda payload: call.wire.peek(payload).valid)
+                                                       peek=call.wire.peek)
         except GatewayError as exc:
             self._settle(Usage(), 0.0)
             raise gateway.failed(call, exc) from None
@@ -128,7 +128,7 @@ class Delivery:
         # A cacheable stream is kept (references only) so a clean finish can be stored as one answer.
         cache = gateway.caching.should_store(self.found) and call.wire.cacheable_streams
         remember = self.session.keeps(self.inbound)
-        kept: list[bytes] | None = [start.first] if cache or remember else None
+        kept: list[bytes] | None = list(start.head) if cache or remember else None
         rest = start.rest if kept is None else _keeping(start.rest, kept)
 
         async def settle(outcome: StreamOutcome) -> None:
@@ -146,7 +146,7 @@ class Delivery:
                            fallbacks=len(start.failures), cache=str(self.found.decision.status))
 
         frames = relay(
-            call.wire, start.first, rest,
+            call.wire, start.head, rest,
             include_usage=self.inbound.include_usage,
             prompt_tokens_estimate=self.admitted.prompt_tokens,
             deadline=time.monotonic() + candidate.timeouts.total,

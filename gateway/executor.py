@@ -19,6 +19,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 from gateway.errors import GatewayError
 from gateway.router import Candidate, Plan
 from gateway.streaming import close_quietly
+from protocols.wire import Peek
 from policies.schema import RetrySpec
 from providers.base import (
     BadRequest,
@@ -49,7 +50,7 @@ class Failure:
 @dataclass(slots=True)
 class StreamStart:
     candidate: Candidate
-    first: bytes
+    head: list[bytes]  # the opening payloads, up to and including the first real one
     rest: AsyncIterator[bytes]
     failures: list[Failure] = field(default_factory=list)
 
@@ -60,12 +61,19 @@ AttemptObserver = Callable[[Candidate, ProviderError | None, float], None]
 CandidateGate = Callable[[Candidate], bool]
 # Opens a tracing span around one attempt on a candidate.
 SpanFactory = Callable[[Candidate], AbstractContextManager]
-# Whether an upstream's 200 answer (a body, or a stream's first payload) is well-formed.
+# Whether an upstream's 200 answer (a body) is well-formed.
 Check = Callable[[bytes], bool]
+# What a stream payload is (valid? an opening event with no answer yet?): the caller's wire.
+StreamPeek = Callable[[bytes], Peek]
+MAX_PREAMBLE = 8  # opening events held back before the answer starts, at most
 
 
 def _accept_all(_: bytes) -> bool:
     return True
+
+
+def _plain(_: bytes) -> Peek:
+    return Peek()
 
 
 def _garbage(target: str) -> ProviderError:
@@ -178,27 +186,36 @@ class Executor:
 
     async def open_stream(
         self, plan: Plan, make_request: Callable[[Candidate], ProviderRequest], *, span: SpanFactory | None = None,
-        check: Check = _accept_all,
+        peek: StreamPeek = _plain,
     ) -> StreamStart:
+        """The first candidate whose stream starts in time with a valid answer. Opening events
+        (`Peek.preamble`) are held back with the first real one, so an upstream that opens a
+        stream and then fails still fails over invisibly."""
         failures: list[Failure] = []
         for candidate in self._candidates(plan, failures):
             request = make_request(candidate)
 
             async def first_chunk(candidate=candidate, request=request):
                 stream = candidate.provider.stream(request)
+                head: list[bytes] = []
                 try:
                     async with asyncio.timeout(min(request.timeouts.first_token, request.timeouts.total)):
-                        first = await anext(stream)
-                    if not check(first):
-                        raise _garbage(candidate.name)
-                except BaseException:
+                        while True:
+                            payload = await anext(stream)
+                            seen = peek(payload)
+                            if not seen.valid:
+                                raise _garbage(candidate.name)
+                            head.append(payload)
+                            if not seen.preamble or len(head) >= MAX_PREAMBLE:
+                                break
+                except BaseException:  # ended, hung or failed before the answer started: fail over
                     await close_quietly(stream)
                     raise
-                return first, stream
+                return head, stream
 
             try:
-                first, stream = await self._with_retries(candidate, first_chunk, plan.retry, span)
-                return StreamStart(candidate, first, stream, failures)
+                head, stream = await self._with_retries(candidate, first_chunk, plan.retry, span)
+                return StreamStart(candidate, head, stream, failures)
             except StopAsyncIteration:
                 failures.append(Failure(candidate.name, _empty(candidate.name)))
             except ProviderError as exc:

@@ -45,7 +45,7 @@ async def close_quietly(stream: AsyncIterator[bytes]) -> None:
 
 async def relay(
     wire: Wire,
-    first: bytes,
+    head: list[bytes],
     rest: AsyncIterator[bytes],
     *,
     include_usage: bool,
@@ -55,7 +55,7 @@ async def relay(
     started: float,
     on_done: SettleCallback,
 ) -> AsyncIterator[bytes]:
-    """Yield framed events for `first` then `rest`; call `on_done` exactly once, on every exit path."""
+    """Yield framed events for `head` then `rest`; call `on_done` exactly once, on every exit path."""
     usage: Usage | None = None
     delivered = 0
     completed = False
@@ -77,10 +77,12 @@ async def relay(
         return wire.frame(payload)
 
     try:
-        out = frame(first)
-        if out is not None:
-            first_byte_s = time.perf_counter() - started
-            yield out
+        for payload in head:
+            out = frame(payload)
+            if out is not None:
+                if first_byte_s is None:
+                    first_byte_s = time.perf_counter() - started
+                yield out
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:

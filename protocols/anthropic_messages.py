@@ -209,8 +209,10 @@ class MessagesWire:
             event = _event_decoder.decode(payload)
         except msgspec.DecodeError:
             return Peek(valid=False)
-        if event.type == "message_start" and event.message is not None:
-            return Peek(usage=_usage(event.message.usage))
+        if event.type == "message_start":
+            return Peek(usage=_usage(event.message.usage) if event.message else None, preamble=True)
+        if event.type == "ping":
+            return Peek(preamble=True)
         if event.type == "message_delta":
             return Peek(usage=_usage(event.usage))
         if event.type == "content_block_delta":

@@ -245,6 +245,9 @@ def _usage(peek: _UsagePeek | None) -> Usage | None:
     return Usage(peek.input_tokens, peek.output_tokens, cached or 0)
 
 
+_PREAMBLE = frozenset({"response.created", "response.in_progress"})
+
+
 def event_type(payload: bytes) -> str:
     """The event's name from its JSON `type` (OpenAI writes `type` first: read it without decoding)."""
     if payload.startswith(_TYPE_PREFIX):
@@ -334,6 +337,10 @@ class ResponsesWire:
         kind = event_type(payload)
         if kind in DELIVERING:
             return Peek(delivered=1)
+        if kind in _PREAMBLE:
+            return Peek(preamble=True)
+        if kind == "message":  # no readable `type`: not a Responses event at all
+            return Peek(valid=False)
         if kind in FINAL:
             try:
                 event = _event_decoder.decode(payload)

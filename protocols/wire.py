@@ -54,6 +54,9 @@ class Peek:
     usage_only: bool = False  # a usage-only chunk the caller may not have asked for
     final: bool = False  # the protocol's own end-of-answer event
     valid: bool = True  # False: not this protocol's JSON at all (a garbage upstream)
+    # An opening event that carries no answer yet (`response.created`, `message_start`, `ping`):
+    # held back with the first real event, so failover stays invisible until the answer starts.
+    preamble: bool = False
 
 
 class Wire(Protocol):

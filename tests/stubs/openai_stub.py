@@ -220,6 +220,9 @@ def make_app(control: StubControl) -> web.Application:
         else:
             for piece in _pieces(text or "", control):
                 if fault is not None and fault.cut_after_chunks is not None and sent >= fault.cut_after_chunks:
+                    # Let the client read what was sent before the cut (one read for data and the
+                    # close would make the client's HTTP library drop the data), then drop it.
+                    await asyncio.sleep(0.05)
                     request.transport.close()  # drop the connection mid-stream
                     return response
                 if fault is not None and fault.error_after_chunks is not None and sent >= fault.error_after_chunks:
