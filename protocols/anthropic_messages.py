@@ -211,7 +211,7 @@ class MessagesWire:
             return Peek(valid=False)
         if event.type == "message_start":
             return Peek(usage=_usage(event.message.usage) if event.message else None, preamble=True)
-        if event.type == "ping":
+        if event.type in ("ping", "content_block_start"):  # no answer yet: text arrives in deltas
             return Peek(preamble=True)
         if event.type == "message_delta":
             return Peek(usage=_usage(event.usage))

@@ -67,6 +67,8 @@ POLICY = """
         targets: [stub-openai]
       claude-fast:
         targets: [claude-pt]
+      claude-then-gpt:
+        targets: [claude, stub-openai]
     retry: {{attempts: 1}}
     tenants:
       tiny:
@@ -298,3 +300,17 @@ def test_passthrough_transport_is_verbatim_too(client, stub, openai_stub):
         with client.messages.stream(model="claude-fast", **body) as stream:
             for _ in stream:
                 pass
+
+
+def test_a_stream_that_fails_before_its_first_delta_fails_over_invisibly(gw, stub, openai_stub):
+    stub.error_mid_stream("overloaded_error", after=0)  # message_start, ping, block start, then an error
+    with httpx.stream("POST", gw.root_url + "/v1/messages", timeout=20,
+                      headers={"x-api-key": gw.dev_key, "anthropic-version": "2023-06-01"},
+                      json={"model": "claude-then-gpt", "max_tokens": 50, "stream": True,
+                            "messages": [{"role": "user", "content": "still answered"}]}) as response:
+        assert response.headers["x-gateway-target"] == "stub-openai"
+        assert response.headers["x-gateway-fallbacks"] == "claude"
+        events = [json.loads(line[6:]) for line in response.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events].count("message_start") == 1, "the failed attempt's opening never leaked"
+    text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert text == "echo: still answered" and events[-1]["type"] == "message_stop"
