@@ -77,6 +77,9 @@ class DifficultyWeights:
     constraints: float = 0.15
     turns: float = 0.10
     tools: float = 0.15
+    # Unclipped log length (0 at 1 char, 1 at 12,000): no weight in the hand-tuned score; the
+    # learned model uses it (the clipped `length` above is 0 for every prompt under 80 chars).
+    chars: float = 0.0
     bias: float = 0.0
 
 
@@ -259,6 +262,10 @@ def _reasoning_value(text: str, lower: str, words: Counter[str]) -> float:
 
 def _constraints_value(lower: str, words: Counter[str]) -> float:
     return _saturate(_hits(words, _CONSTRAINT_WORDS) + _phrases(lower, _CONSTRAINT_PHRASES), 4)
+
+
+def _chars_value(chars: int) -> float:
+    return min(1.0, math.log1p(chars) / math.log(_LEN_HIGH))
 
 
 def _turns_value(turns: int) -> float:
@@ -505,6 +512,7 @@ class DifficultyScorer:
             "constraints": _constraints_value(lower, words),
             "turns": _turns_value(turns),
             "tools": _tools_value(body.get("tools")),
+            "chars": _chars_value(len(text)),
         }
         return raw, last_user or text
 
