@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -65,6 +66,54 @@ class _Parts:
     encoder: Any  # the transformer (possibly a bf16 copy)
     mean_pooling: bool
     max_seq_length: int
+    single: Any = None  # TorchScript copy of the encoder for one unpadded sequence (or None)
+
+
+class _Hidden:
+    """The encoder as a plain (input_ids, attention_mask) -> last_hidden_state function, to trace."""
+
+    @staticmethod
+    def module(encoder: Any) -> Any:
+        import torch
+
+        class Wrapped(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.encoder = encoder
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+        return Wrapped().eval()
+
+
+def _traced(encoder: Any, tokenizer: Any) -> Any:
+    """A frozen TorchScript trace of the encoder for single, unpadded sequences, or None.
+
+    Why: on a CPU, eager PyTorch spends a good part of a short text's forward pass in Python
+    dispatch; the trace runs the same ops without it (measured 17.5 -> 13.4 ms CPU per short text
+    on the loaded 2-core development box, identical vectors). Not frozen: freezing copies the
+    weights (+68 MB) for a few percent more; the trace shares the encoder's parameters. Only used
+    without padding (a trace may have recorded the all-ones-mask path), and only after it
+    reproduces the eager vectors on probe texts of other lengths; any failure keeps eager.
+    """
+    import torch
+
+    try:
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TracerWarnings about shape checks that hold without padding
+            example = tokenizer(["a short probe sentence"], return_tensors="pt")
+            traced = torch.jit.trace(_Hidden.module(encoder), (example["input_ids"], example["attention_mask"]),
+                                     check_trace=False)
+            for probe in ("hi", "How do I convert 100 degrees Celsius to Fahrenheit in Python, step by step?"):
+                batch = tokenizer([probe], return_tensors="pt")
+                want = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                got = traced(batch["input_ids"], batch["attention_mask"])
+                if got.shape != want.shape or not torch.allclose(got.float(), want.float(), atol=1e-4):
+                    return None
+        return traced
+    except Exception:  # noqa: BLE001 - any tracing problem: the eager encoder stays in charge
+        return None
 
 
 def _load_parts(path: Path, device: str) -> _Parts:
@@ -83,7 +132,8 @@ def _load_parts(path: Path, device: str) -> _Parts:
         import torch
 
         encoder = copy.deepcopy(encoder).to(torch.bfloat16)
-    return _Parts(model, model.tokenizer, encoder, mean, int(model.max_seq_length))
+    single = _traced(encoder, model.tokenizer) if mean and device == "cpu" else None
+    return _Parts(model, model.tokenizer, encoder, mean, int(model.max_seq_length), single)
 
 
 class Embedder:
@@ -143,7 +193,10 @@ class Embedder:
         input_ids = torch.tensor([row + [pad] * (width - len(row)) for row in ids], dtype=torch.long)
         mask = torch.tensor([[1] * len(row) + [0] * (width - len(row)) for row in ids], dtype=torch.long)
         with torch.inference_mode():
-            hidden = parts.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
+            if len(ids) == 1 and parts.single is not None:  # one sequence, no padding: the trace
+                hidden = parts.single(input_ids, mask).float()
+            else:
+                hidden = parts.encoder(input_ids=input_ids, attention_mask=mask).last_hidden_state.float()
             weights = mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
             pooled = torch.nn.functional.normalize(pooled, dim=-1)
