@@ -185,8 +185,15 @@ def main() -> None:
 
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
-        # The lean embedder (no per-text memo): every request pays its own forward pass.
-        learned = LearnedScorer(LearnedModel.load(), embed=MiniLMEmbedder(max_tokens=64))
+        # The model's own embedder, without any per-text memo: every request pays in full.
+        model = LearnedModel.load()
+        if model.report.get("embedder_kind") == "static":
+            from gateway.static_embed import StaticEmbedder
+
+            embed = StaticEmbedder()
+        else:
+            embed = MiniLMEmbedder(max_tokens=64)
+        learned = LearnedScorer(model, embed=embed)
         for body in bodies[:20]:
             learned.score(body)  # warm-up: model load, first allocations
         if not args.no_gc_freeze:

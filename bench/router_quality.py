@@ -57,11 +57,17 @@ def make_scorers(names: list[str], model_path: str | None):
     from gateway.learned_scorer import LearnedScorer
     from gateway.router_model import LearnedModel
 
-    # The router's own lean embedder, not the process-wide one: that one memoises per text, and
-    # a memo hit would make the latency figures (and repeated rounds) meaninglessly fast.
+    from gateway.static_embed import StaticEmbedder
+
+    def learned():
+        model = LearnedModel.load(model_path) if model_path else LearnedModel.load()
+        # Never the process-wide contextual embedder: it memoises per text, and a memo hit would
+        # make the latency figures (and repeated rounds) meaninglessly fast.
+        static = model.report.get("embedder_kind") == "static"
+        return LearnedScorer(model, embed=StaticEmbedder() if static else MiniLMEmbedder(max_tokens=64))
+
     table = {
-        "learned": lambda: LearnedScorer(LearnedModel.load(model_path) if model_path else LearnedModel.load(),
-                                         embed=MiniLMEmbedder(max_tokens=64)),
+        "learned": learned,
         "heuristic": DifficultyScorer,
         "knn": lambda: DifficultyScorer(knn=KnnScorer(), knn_weight=0.5),
         "length": lambda: None,

@@ -48,6 +48,16 @@ def shared_embed() -> Embed:
         return _shared
 
 
+def embedder_for(model: LearnedModel) -> Embed:
+    """The embedder a model was trained with (its report says which): static word-piece means by
+    default, the contextual MiniLM for models trained with `--embedder minilm`."""
+    if model.report.get("embedder_kind", "minilm") == "static":
+        from gateway.static_embed import shared_static
+
+        return shared_static()
+    return shared_embed()
+
+
 def _cache_embedder() -> Embed | None:
     try:
         from cache.embedder import get_embedder
@@ -98,7 +108,7 @@ class LearnedScorer:
         if self._broken is not None or not self.use_embeddings:
             return None
         try:
-            embed = self._embed = self._embed or shared_embed()
+            embed = self._embed = self._embed or embedder_for(self.model)
             return np.asarray(embed([text[:_KNN_CHARS] or " "]), dtype=np.float32)[0]
         except Exception as exc:  # noqa: BLE001 - any failure to embed means: fall back, keep serving
             self._broken = f"{type(exc).__name__}: {exc}"

@@ -16,8 +16,13 @@ def _train(args: argparse.Namespace) -> int:
     from gateway.difficulty import MiniLMEmbedder
     from gateway.router_model import DEFAULT_MODEL
     from gateway.router_train import read_feedback, report_markdown, rows_from_feedback, train
+    from gateway.static_embed import NAME as STATIC_NAME
+    from gateway.static_embed import StaticEmbedder
 
-    embed = MiniLMEmbedder(max_tokens=64)
+    if args.embedder == "static":
+        embed, name = StaticEmbedder(), STATIC_NAME
+    else:
+        embed, name = MiniLMEmbedder(max_tokens=64), "all-MiniLM-L6-v2 (64 word pieces)"
     feedback = []
     for path in args.feedback or []:
         try:
@@ -25,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as exc:
             print(f"hybrid-gateway router train: {path}: {exc}", file=sys.stderr)
             return 2
-    model = train(embed, feedback=feedback, l2=args.l2)
+    model = train(embed, feedback=feedback, l2=args.l2, embedder_name=name, embedder_kind=args.embedder)
     out = Path(args.out or DEFAULT_MODEL)
     model.save(out)
     report = out.with_name("TRAINING_REPORT.md") if args.out is None else out.with_suffix(".report.md")
@@ -78,6 +83,8 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
                        help="JSONL of labelled decisions (GET /admin/router/export) or {text, label|score} rows")
     train.add_argument("--feedback-weight", type=float, default=1.0, help="weight of a feedback row vs a corpus row")
     train.add_argument("--l2", type=float, help="fix the L2 strength (default: cross-validated on the train split)")
+    train.add_argument("--embedder", choices=["static", "minilm"], default="static",
+                       help="static: mean of MiniLM word-piece vectors (~0.3 ms); minilm: the full encoder")
     train.set_defaults(func=_train)
     info = router_sub.add_parser("info", help="the model's version and the threshold a policy's intent derives")
     info.add_argument("--model", help="model file (default: the shipped one, or the policy's)")

@@ -149,7 +149,8 @@ def _data_digest(*paths: Path) -> str:
 
 
 def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: Sequence[Row] = (),
-          l2: float | None = None, embedder_name: str = "all-MiniLM-L6-v2 (64 word pieces)") -> LearnedModel:
+          l2: float | None = None, embedder_name: str = "all-MiniLM-L6-v2 (64 word pieces)",
+          embedder_kind: str = "minilm") -> LearnedModel:
     """Fit on train (+ feedback), score calibration; the test split is only reported."""
     items = list(corpus) if corpus is not None else load_labelled()
     splits = {name: [i for i in items if i.split == name] for name in ("train", "calibration", "test")}
@@ -171,7 +172,8 @@ def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: S
     heuristic = DifficultyScorer()
     calib_heuristic = np.array([heuristic.score_raw(r.raw).score for r in calib_rows])
     report: dict[str, Any] = {
-        "format": 1, "model": "logistic regression", "embedder": embedder_name, "features": list(features),
+        "format": 1, "model": "logistic regression", "embedder": embedder_name, "embedder_kind": embedder_kind,
+        "features": list(features),
         "l2": chosen, "cv_auc_by_l2": cv, "seed": "none needed (Newton's method; folds by id hash)",
         "rows": {"train": len(splits["train"]), "feedback": len(feedback), "calibration": len(calib_rows),
                  "test": len(splits["test"])},

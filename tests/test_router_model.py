@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gateway.auth import Principal
-from gateway.difficulty import DifficultyScorer, MiniLMEmbedder
+from gateway.difficulty import DifficultyScorer
 from gateway.learned_scorer import LearnedScorer, build_scorer
 from gateway.router import Router
 from gateway.router_corpus import load_labelled, split_of
@@ -27,6 +27,7 @@ from gateway.router_model import (
     threshold_for_share,
 )
 from gateway.router_train import report_markdown, rows_from_feedback, train
+from gateway.static_embed import StaticEmbedder
 from policies.loader import PolicyError, parse_policy
 from protocols.api import Api
 from policies.schema import DifficultySpec, TenantSpec
@@ -55,11 +56,6 @@ def toy_embed(texts: list[str], dim: int = 32) -> np.ndarray:
 @pytest.fixture(scope="module")
 def small_corpus():
     return load_labelled()[::5]  # ~300 real labelled prompts, all three splits
-
-
-@pytest.fixture(scope="module")
-def minilm():
-    return MiniLMEmbedder(max_tokens=64)
 
 
 def chat(text: str) -> dict:
@@ -196,9 +192,8 @@ def test_policy_intent_derives_the_threshold():
     assert isinstance(legacy, DifficultyScorer) and legacy.knn is not None
 
 
-def test_default_scorer_is_learned_and_explains_itself(minilm):
+def test_default_scorer_is_learned_and_explains_itself():
     scorer = build_scorer(DifficultySpec())
-    scorer._embed = minilm
     easy, hard = scorer.score(chat(EASY)), scorer.score(chat(HARD))
     assert hard.score > easy.score
     assert hard.kind.startswith("learned@") and hard.hard is True and easy.hard is False
@@ -209,6 +204,7 @@ def test_default_scorer_is_learned_and_explains_itself(minilm):
     logit = sum(hard.features.values())
     assert 1 / (1 + np.exp(-logit)) == pytest.approx(hard.score, abs=1e-3)
     assert hard.model_input["embedding"].shape == (384,)
+    assert isinstance(scorer._embed, StaticEmbedder), "the shipped model's own (static) embedder"
     a = asyncio.run(scorer.ascore(chat(HARD)))
     assert a.score == pytest.approx(hard.score, abs=1e-4)
 
@@ -231,12 +227,9 @@ def test_heuristic_takes_over_without_embeddings():
     assert again.kind == "heuristic(fallback)" and len(calls) == 1, "a broken embedder is not retried per request"
 
 
-def test_calibrated_routes_and_shadow_mode(minilm):
+def test_calibrated_routes_and_shadow_mode():
     async def route(policy, text):
         router = Router(policy, {name: Upstream() for name in policy.targets})  # type: ignore[misc]
-        router.scorer._embed = minilm
-        if getattr(router.scorer, "shadow", None) is not None and hasattr(router.scorer.shadow, "_embed"):
-            router.scorer.shadow._embed = minilm
         principal = Principal("t", TenantSpec(keys=[]), "")
         return await router.plan("auto", principal, chat(text), {}, 10)
 
