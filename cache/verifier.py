@@ -12,7 +12,8 @@ numbers, negations, antonym poles, direction roles, content words) and compared.
    numbers (digits or words: "five" == "5"), a closed-class word swapped for another of its class
    (language, place, programming language, unit, format, tool, time word, name, colour...), a
    different count of negations, an antonym ("cheap" vs "expensive"), a direction swapped
-   ("Celsius to Fahrenheit" vs "Fahrenheit to Celsius").
+   ("Celsius to Fahrenheit" vs "Fahrenheit to Celsius", or the same words with two closed-class
+   words trading places: "Earth ... Sun" vs "Sun ... Earth").
 2. Two requests whose words are the same, in the same order, once articles, auxiliaries,
    first/second-person pronouns and filler ("please", "tell me", "can you") are set aside and
    synonyms and number forms unified, ask the same thing: agreed with score 1 ("equivalent").
@@ -123,13 +124,21 @@ def _alignment(a: Profile, b: Profile) -> tuple[int, int, float]:
     return substituted, inserted, matcher.ratio()
 
 
+def _reordered(a: Profile, b: Profile) -> bool:
+    """The same words, but closed-class ones in another order: "Does the Earth revolve around the
+    Sun?" / "Does the Sun revolve around the Earth?" (no from/to marks the direction there)."""
+    if a.core == b.core or sorted(a.core) != sorted(b.core):
+        return False
+    return [t for t in a.core if t.startswith("s:")] != [t for t in b.core if t.startswith("s:")]
+
+
 # Hard rules: (name, test) in order; the first that fires refuses the candidate.
 RULES: tuple[tuple[str, Callable[[Profile, Profile], bool]], ...] = (
     ("numbers", lambda a, b: a.numbers != b.numbers),
     ("slot", lambda a, b: bool(_slots_swapped(a, b))),
     ("negation", lambda a, b: a.negations != b.negations),
     ("antonym", lambda a, b: _antonyms(a, b) > 0),
-    ("direction", lambda a, b: _roles(a, b)[0] > 0),
+    ("direction", lambda a, b: _roles(a, b)[0] > 0 or _reordered(a, b)),
 )
 
 

@@ -42,26 +42,31 @@ def design(pairs: list[Pair], sims: np.ndarray) -> np.ndarray:
     return np.stack([pair_features(analyse(p.a), analyse(p.b), float(s)) for p, s in zip(pairs, sims)])
 
 
-# Features that measure a difference the issue names (a question word, a name, a closed-class word
-# one side lacks, a swapped content word...) may only lower the score: on a hand-written set the
-# fit can learn the opposite from how the pairs happened to be worded, and that must not make a
-# difference count as evidence of a paraphrase.
-NON_POSITIVE = frozenset({"slot_omitted", "polar_mismatch", "content_substituted", "caps_diff",
-                          "aligned_substituted", "question_diff"})
+# Signs the weights must keep. A feature that measures a difference (a question word, a name, a
+# closed-class word one side lacks, a swapped or extra content word, a role on one side only) may
+# only lower the score; overlap (similarity, shared content words, similar wording) may only raise
+# it. On a hand-written set the fit would otherwise learn "reworded, so the same question" from how
+# the pairs happened to be written. The square of the wording ratio stays free: it is what lets
+# "one word swapped in an otherwise identical request" score low.
+SIGNS: dict[str, int] = {
+    **dict.fromkeys(("slot_omitted", "polar_mismatch", "role_partial", "content_diff", "content_substituted",
+                     "caps_diff", "aligned_substituted", "aligned_inserted", "question_diff"), -1),
+    **dict.fromkeys(("similarity", "content_jaccard", "sequence_ratio"), 1),
+}
 
 
 def fit_signed(x: np.ndarray, y: np.ndarray, l2: float) -> tuple[np.ndarray, float]:
-    """`fit_logistic` with the `NON_POSITIVE` weights held at or below zero (active set: a weight
-    fitted with the wrong sign is fixed at 0 and the rest refitted; deterministic)."""
+    """`fit_logistic` with the weights kept to their `SIGNS` (active set: the weight furthest on
+    the wrong side is fixed at 0 and the rest refitted, until none is; deterministic)."""
     active = list(range(len(FEATURES)))
     while True:
         w, bias = fit_logistic(x[:, active], y, l2)
         weights = np.zeros(len(FEATURES))
         weights[active] = w
-        wrong = [j for j in active if FEATURES[j] in NON_POSITIVE and weights[j] > 0]
+        wrong = [j for j in active if SIGNS.get(FEATURES[j], 0) * weights[j] < 0]
         if not wrong:
             return weights, bias
-        active.remove(max(wrong, key=lambda j: weights[j]))
+        active.remove(max(wrong, key=lambda j: -SIGNS[FEATURES[j]] * weights[j]))
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float, iterations: int = 50) -> tuple[np.ndarray, float]:

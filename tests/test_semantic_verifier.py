@@ -38,6 +38,8 @@ NEAR_MISSES = [
     ("direction", "Convert 100 degrees Celsius to Fahrenheit.", "Convert 100 degrees Fahrenheit to Celsius.", "direction"),
     ("direction", "How many ounces are in a pound?", "How many pounds are in an ounce?", "direction"),
     ("direction", "Is Python faster than Java?", "Is Java faster than Python?", "direction"),
+    ("direction, word order", "Does the Earth revolve around the Sun?", "Does the Sun revolve around the Earth?",
+     "direction"),
     ("number", "What is 12 times 7?", "What is 12 times 8?", "numbers"),
     ("quantity in words", "How many kilometers are in five miles?", "How many kilometers are in six miles?", "numbers"),
     ("quantity, words vs digits", "Give me three tips for better sleep.", "Give me 4 tips for better sleep.", "numbers"),
