@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
 
+import httpx
 import numpy as np
+import openai
 import pytest
 import redis.asyncio as aioredis
 from litestar.testing import TestClient
@@ -19,6 +22,7 @@ from gateway.difficulty import Difficulty
 from gateway.router_train import rows_from_feedback
 from gateway.settings import Settings
 from tests.conftest import write_policy
+from tests.gateway_proc import GatewayProcess
 
 ALPHA, BETA, ADMIN = (f"sk-{n}-{uuid.uuid4().hex}" for n in ("alpha", "beta", "admin"))
 
@@ -154,3 +158,43 @@ async def test_redis_store_isolates_tenants_and_trims():
         if keys:
             await client.delete(*keys)
         await client.aclose()
+
+
+def test_feedback_end_to_end_through_a_gateway(tmp_path, _module_stub):
+    """A real gateway process: an `auto` request is scored and recorded; its tenant labels it over
+    HTTP (another tenant cannot); the admin export carries the label and the model input."""
+    path = write_policy(tmp_path, f"""
+        targets:
+          up: {{provider: openai, model: gpt-4o-mini, base_url: "{_module_stub.base_url}", api_key_env: STUB_OPENAI_KEY}}
+        models:
+          m: {{targets: [up]}}
+        default_model: m
+        admin_keys: ["sha256:{hash_key(ADMIN)}"]
+        tenants:
+          alpha: {{keys: ["sha256:{hash_key(ALPHA)}"]}}
+          beta: {{keys: ["sha256:{hash_key(BETA)}"]}}
+    """)
+    with GatewayProcess(path) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key=ALPHA, max_retries=0)
+        raw = client.chat.completions.with_raw_response.create(
+            model="auto", messages=[{"role": "user", "content": "Prove that sqrt(2) is irrational."}])
+        rid = raw.headers["x-request-id"]
+        assert raw.headers["x-gateway-difficulty"].split("; ")[1].startswith("learned@")
+
+        def feedback(key: str):
+            return httpx.post(gw.base_url + "/feedback", json={"request_id": rid, "label": "hard"},
+                              headers={"authorization": f"Bearer {key}"}, timeout=5)
+
+        status = 404
+        for _ in range(50):  # the decision is recorded just after the reply
+            status = feedback(ALPHA).status_code
+            if status == 200:
+                break
+            time.sleep(0.1)
+        assert status == 200
+        assert feedback(BETA).status_code == 404
+        export = httpx.get(gw.root_url + "/admin/router/export", params={"tenant": "alpha"},
+                           headers={"authorization": f"Bearer {ADMIN}"}, timeout=5)
+        row = next(json.loads(line) for line in export.text.splitlines() if rid in line)
+        assert row["feedback"]["label"] == "hard" and row["scorer"].startswith("learned@")
+        assert len(row["embedding"]) == 384 and "chars" in row["features"]
