@@ -66,6 +66,7 @@ __all__ = [
     "CLOSED",
     "HALF_OPEN",
     "MemoryBreakerStore",
+    "NoBreakers",
     "OPEN",
     "RedisBreakerStore",
     "endpoint_key",
@@ -173,6 +174,13 @@ class Breakers:
         """Per key: state, failure_rate, calls, failures, opened_until, trips."""
         now = self.now()
         return {k: st.as_dict() for k, st in (await self.store.snapshot(now, self.config)).items()}
+
+
+class NoBreakers:
+    """No breakers configured: every target is always tried (the pipeline's default)."""
+
+    async def refresh(self, keys: Iterable[str]) -> dict[str, str]:
+        return {}
 
 
 class BreakerGate:

@@ -29,6 +29,7 @@ from gateway.sessions import NO_SESSION, Session
 from gateway.admission import Admitted, admit, check_body_size, output_cap_to_send
 from gateway.auth import KeyRing, Principal
 from gateway.budgets import Budgets, MemoryBudgets, Reservation
+from gateway.breaker import BreakerGate, NoBreakers
 from gateway.caching import Caching, replay
 from gateway.decisions import DecisionStore, record_decision
 from gateway.executor import Executor
@@ -93,7 +94,7 @@ class Gateway:
         budgets: Budgets | None = None,
         caching: Caching | None = None,
         telemetry: Telemetry | NullTelemetry | None = None,
-        breakers: Any = None,
+        breakers: BreakerGate | NoBreakers | None = None,
         sessions: Mapping[Api, Session] | None = None,
         decisions: DecisionStore | None = None,
     ) -> None:
@@ -106,7 +107,7 @@ class Gateway:
         self.accounting = Accounting(self.budgets)
         self.caching = caching or Caching.off()
         self.telemetry = telemetry or NullTelemetry()
-        self.breakers = breakers
+        self.breakers = breakers or NoBreakers()
 
     @property
     def semantic(self):
@@ -154,8 +155,7 @@ class Gateway:
 
         prefix_key = self._place(principal, inbound, plan, admitted)  # only requests that go upstream
         reservation = await self._reserve(call, principal, plan, admitted)
-        if self.breakers is not None:  # see breakers another replica opened, claim probe permits
-            await self.breakers.refresh([c.key for c in plan.candidates])
+        await self.breakers.refresh([c.key for c in plan.candidates])  # see other replicas' trips, claim probes
         call.queue_s = time.perf_counter() - call.started
         forward = {k: headers[k] for k in _FORWARDED if k in headers}
 
