@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import random
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,18 @@ class Plan:
         """Stable name of what serves this request: the cache namespace (not the random pick)."""
         return f"{self.model}>{self.route_name}" if self.route_name else f"{self.model}>" + ",".join(
             c.name for c in self.candidates)
+
+
+_PLACEABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _placeable(provider: Provider) -> bool:
+    """`isinstance(provider, Placeable)`, remembered per provider object (weakly: providers are
+    replaced on reload): a runtime-checkable Protocol check costs ~10 us, too much per request."""
+    known = _PLACEABLE.get(provider)
+    if known is None:
+        known = _PLACEABLE[provider] = isinstance(provider, Placeable)
+    return known
 
 
 def unsupported_api(model: str, api: Api) -> GatewayError:
@@ -271,7 +284,7 @@ class Router:
         failover tries another replica of the same target before the next target."""
         placed: list[Candidate] = []
         for candidate in plan.candidates:
-            endpoints = candidate.provider.placement(affinity, tokens) if isinstance(candidate.provider, Placeable) else []
+            endpoints = candidate.provider.placement(affinity, tokens) if _placeable(candidate.provider) else []
             if len(endpoints) > 1:
                 placed.extend(Candidate(candidate.name, candidate.spec, candidate.provider, candidate.timeouts, url)
                               for url in endpoints)

@@ -56,27 +56,11 @@ async def _read_body(receive: Receive, ceiling: int) -> bytes:
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _disconnected(receive: Receive) -> None:
-    """Returns when the caller hangs up (the body has been read, so nothing else arrives)."""
+async def _cancel_when_gone(receive: Receive, task: asyncio.Task) -> None:
+    """Cancel `task` when the caller hangs up (the body has been read, so nothing else arrives)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _cancel_on_disconnect(receive: Receive, work: asyncio.Task) -> bool:
-    """Run `work` until done or until the caller hangs up (then cancel it). True if it hung up."""
-    watcher = asyncio.ensure_future(_disconnected(receive))
-    try:
-        await asyncio.wait([work, watcher], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    if work.done():
-        return False
-    work.cancel()
-    try:
-        await work
-    except BaseException:
-        pass
-    return True
+    task.cancel()
 
 
 async def _send_stream(send: Send, reply: Reply) -> None:
@@ -88,6 +72,21 @@ async def _send_stream(send: Send, reply: Reply) -> None:
     async for frame in frames:
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _respond(send: Send, gateway: Gateway, api: Api, raw: bytes, headers: dict[str, str]) -> None:
+    try:
+        reply = await gateway.handle(api, raw, headers)
+    except GatewayError as exc:
+        await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
+        return
+    if reply.stream is None:
+        await _send_json(send, reply.status, reply.body, reply.headers)
+        return
+    try:
+        await _send_stream(send, reply)
+    finally:  # closing the relay closes the upstream stream and settles, on every path
+        await reply.stream.aclose()
 
 
 def endpoint(path: str, api: Api):
@@ -122,25 +121,20 @@ def endpoint(path: str, api: Api):
         except ValueError:
             await _send_json(send, 400, body_for(api, 400, "Invalid Content-Length header.", code="invalid_request"), {})
             return
-        work = asyncio.ensure_future(gateway.handle(api, raw, headers))
-        if await _cancel_on_disconnect(receive, work):
-            return
+        # One watcher per request cancels this task if the caller hangs up: the upstream call or
+        # stream is closed by the cancellation, and settlement charges what was delivered.
+        task = asyncio.current_task()
+        watcher = asyncio.get_running_loop().create_task(_cancel_when_gone(receive, task))
         try:
-            reply = work.result()
-        except GatewayError as exc:
-            await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
-            return
-        if reply.stream is None:
-            await _send_json(send, reply.status, reply.body, reply.headers)
-            return
-        sender = asyncio.ensure_future(_send_stream(send, reply))
-        try:
-            if not await _cancel_on_disconnect(receive, sender):
-                sender.result()
-        except OSError as exc:  # the client went away: closing the relay cancels the upstream and settles
+            await _respond(send, gateway, api, raw, headers)
+        except asyncio.CancelledError:
+            if not watcher.done() or watcher.cancelled():
+                raise  # cancelled by the server (shutdown), not by the caller
+            task.uncancel()
+        except OSError as exc:  # the connection broke while we were writing
             log.debug("client disconnected mid-stream: %s", exc)
         finally:
-            await reply.stream.aclose()
+            watcher.cancel()
 
     return asgi(path, is_mount=False, copy_scope=False)(handler)
 
