@@ -46,6 +46,8 @@ import numpy as np
 
 from policies.schema import CacheSpec, SemanticCacheSpec
 
+from protocols.text import text_of
+
 from .embedder import Embedder, get_embedder
 from .verifier import Verdict, Verifier, get_verifier
 from .verifier_text import analyse, numbers_key
@@ -100,16 +102,7 @@ class SemanticAnswer(CachedAnswer):
 
 def query_text(content: Any) -> str | None:
     """Text of a user message's content; None when it holds anything but text parts."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = []
-        for part in content:
-            if not isinstance(part, Mapping) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                return None
-            texts.append(part["text"])
-        return "\n".join(texts)
-    return None
+    return text_of(content, strict=True)
 
 
 def _guard(text: str) -> str:

@@ -36,6 +36,8 @@ from typing import Any
 
 import numpy as np
 
+from protocols.text import conversation_text
+
 __all__ = [
     "DEFAULT_EXAMPLES",
     "Difficulty",
@@ -44,7 +46,6 @@ __all__ = [
     "KnnScorer",
     "MiniLMEmbedder",
     "minilm_embed",
-    "request_text",
 ]
 
 # Only this much of a prompt is scanned for cues (head and tail); length still counts all of it.
@@ -112,43 +113,6 @@ class Difficulty:
         if self.shadow is not None:
             text += f"; shadow={self.shadow.score:.2f} {self.shadow.kind or 'heuristic'}"
         return text
-
-
-# ---------------------------------------------------------------------------------------------
-# Text extraction
-
-
-def _content_text(content: Any) -> str:
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # OpenAI content parts; only text parts carry words
-        out = []
-        for part in content:
-            if isinstance(part, dict):
-                text = part.get("text")
-                if isinstance(text, str):
-                    out.append(text)
-        return "\n".join(out)
-    return ""
-
-
-def request_text(body: dict[str, Any]) -> tuple[str, str, int]:
-    """(all message text, last user message text, number of user/assistant turns)."""
-    messages = body.get("messages") or []
-    texts: list[str] = []
-    last_user = ""
-    turns = 0
-    for msg in messages:
-        if not isinstance(msg, dict):
-            continue
-        text = _content_text(msg.get("content"))
-        texts.append(text)
-        role = msg.get("role")
-        if role in ("user", "assistant"):
-            turns += 1
-        if role == "user":
-            last_user = text
-    return "\n".join(texts), last_user, turns
 
 
 # ---------------------------------------------------------------------------------------------
@@ -500,7 +464,7 @@ class DifficultyScorer:
 
     def features(self, body: dict[str, Any]) -> tuple[dict[str, float], str]:
         """Raw feature values in [0, 1] (before weights) and the text kNN should look at."""
-        text, last_user, turns = request_text(body)
+        text, last_user, turns = conversation_text(body.get("messages"))
         window = _scan_window(text)
         lower = window.lower()
         words = Counter(lower.translate(_PUNCT).split())

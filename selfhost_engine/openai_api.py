@@ -19,6 +19,8 @@ from contextlib import aclosing
 
 import msgspec
 
+from protocols.text import text_of
+
 from .async_engine import AsyncEngine
 from .engine import MAX_LOGPROBS
 from .errors import EngineRequestError, PromptTooLongError
@@ -108,16 +110,10 @@ def _params(engine: AsyncEngine, body: dict, prompt_len: int, chat: bool) -> Sam
 def _content_text(content) -> str:
     if content is None:
         return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for p in content:
-            if not isinstance(p, dict) or p.get("type") != "text" or not isinstance(p.get("text"), str):
-                raise _err("only text content parts are supported", "messages")
-            parts.append(p["text"])
-        return "".join(parts)
-    raise _err("message content must be a string or a list of text parts", "messages")
+    text = text_of(content, strict=True, sep="")
+    if text is None:
+        raise _err("message content must be a string or a list of text parts", "messages")
+    return text
 
 
 def _chat_prompt(engine: AsyncEngine, body: dict) -> list[int]:
