@@ -1,5 +1,9 @@
 """How hard is this request? A score in [0, 1] the router uses to pick a cheap or a strong target.
 
+(~550 lines on purpose: the heuristic's features, its weights and the legacy kNN blend are one
+explainable model whose contributions must add up in the `x-gateway-difficulty` header; the
+learned default lives in `learned_scorer.py` and falls back to this one.)
+
 Why heuristics first: the score is computed on every request, before anything is sent upstream,
 so it has to cost well under a millisecond and never fail. A handful of precompiled regular
 expressions over the prompt text gets there and is explainable: every feature's contribution is
