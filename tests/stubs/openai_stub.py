@@ -141,15 +141,31 @@ def _error_response(fault: Fault) -> web.Response:
     return web.json_response(body, status=fault.status, headers=headers)
 
 
+@dataclass
+class Received:
+    """An authenticated, recorded request and the fault scripted for it (or the 401 to send)."""
+
+    body: Any = None
+    fault: Fault | None = None
+    refusal: web.Response | None = None
+
+
+async def receive(request: web.Request, control: StubControl) -> Received:
+    if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
+        return Received(refusal=_error_response(Fault(401, "Incorrect API key provided")))
+    body = await request.json()
+    if control.record:
+        control.requests.append(body)
+        control.headers.append(dict(request.headers))
+    return Received(body, control.next_fault())
+
+
 def make_app(control: StubControl) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
-        if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
-            return _error_response(Fault(401, "Incorrect API key provided"))
-        body = await request.json()
-        if control.record:
-            control.requests.append(body)
-            control.headers.append(dict(request.headers))
-        fault = control.next_fault()
+        got = await receive(request, control)
+        if got.refusal is not None:
+            return got.refusal
+        body, fault = got.body, got.fault
         if fault is not None and fault.hang_seconds:
             await asyncio.sleep(fault.hang_seconds)
             if fault.cut_after_chunks is None and fault.error_after_chunks is None and fault.status == 200:
@@ -254,19 +270,16 @@ def make_app(control: StubControl) -> web.Application:
         return web.json_response(control.load)
 
     async def admitted(request: web.Request) -> tuple[dict[str, Any] | None, web.Response | None]:
-        """Auth, recording and scripted faults shared by the legacy and embeddings endpoints."""
-        if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
-            return None, _error_response(Fault(401, "Incorrect API key provided"))
-        body = await request.json()
-        if control.record:
-            control.requests.append(body)
-            control.headers.append(dict(request.headers))
-        fault = control.next_fault()
+        """Auth, recording and scripted errors shared by the legacy and embeddings endpoints."""
+        got = await receive(request, control)
+        if got.refusal is not None:
+            return None, got.refusal
+        fault = got.fault
         if fault is not None and fault.hang_seconds:
             await asyncio.sleep(fault.hang_seconds)
         if fault is not None and fault.status >= 400:
-            return body, _error_response(fault)
-        return body, None
+            return got.body, _error_response(fault)
+        return got.body, None
 
     async def completions(request: web.Request) -> web.StreamResponse:
         """Legacy completions: `echo: <prompt>` (or the scripted reply), cut at max_tokens words."""
@@ -442,13 +455,10 @@ def _responses_events(document: dict[str, Any]) -> list[dict[str, Any]]:
 
 def add_responses_route(app: web.Application, control: StubControl) -> None:
     async def responses(request: web.Request) -> web.StreamResponse:
-        if control.api_key is not None and request.headers.get("authorization") != f"Bearer {control.api_key}":
-            return _error_response(Fault(401, "Incorrect API key provided"))
-        body = await request.json()
-        if control.record:
-            control.requests.append(body)
-            control.headers.append(dict(request.headers))
-        fault = control.next_fault()
+        got = await receive(request, control)
+        if got.refusal is not None:
+            return got.refusal
+        body, fault = got.body, got.fault
         if fault is not None and fault.hang_seconds:
             await asyncio.sleep(fault.hang_seconds)
         if control.delay_seconds:
