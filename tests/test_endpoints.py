@@ -148,6 +148,12 @@ def test_bad_input_gets_openai_errors(gw, client):
     with pytest.raises(openai.BadRequestError) as caught:
         client.embeddings.create(model="text-embed", input=[])
     assert caught.value.param == "input"
+    with pytest.raises(openai.BadRequestError) as caught:  # OpenAI's limit on inputs per request
+        client.embeddings.create(model="text-embed", input=["x"] * 2049, encoding_format="float")
+    assert caught.value.code == "too_many_inputs"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model="gpt-test", prompt=["text", 42])  # type: ignore[list-item]
+    assert caught.value.param == "prompt"
     nested = '{"model": "gpt-test", "prompt": "x", "extra": ' + "[" * 200 + "]" * 200 + "}"
     response = httpx.post(gw.base_url + "/completions", content=nested, timeout=10,
                           headers={"authorization": f"Bearer {gw.dev_key}", "content-type": "application/json"})

@@ -180,6 +180,10 @@ def test_translation_to_openai_reports_what_was_dropped(client, openai_stub):
         client.messages.create(model="gpt-via-messages", max_tokens=20, messages=[{"role": "user", "content": "x"}],
                                tools=[{"type": "web_search_20250305", "name": "web_search"}])
     assert "server tool" in caught.value.message
+    with pytest.raises(anthropic.BadRequestError) as caught:  # chat upstreams take at most 4
+        client.messages.create(model="gpt-via-messages", max_tokens=20, messages=[{"role": "user", "content": "x"}],
+                               stop_sequences=["a", "b", "c", "d", "e"])
+    assert "stop_sequences" in caught.value.message
 
 
 def test_claude_code_shaped_session_splits_across_anthropic_and_the_engine(gw, stub):
