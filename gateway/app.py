@@ -65,6 +65,22 @@ def _spawn(app: Litestar, coroutine) -> None:
     task.add_done_callback(app.state.background.discard)
 
 
+def _import_model_libraries(policy: Policy) -> None:
+    """Import transformers and sentence-transformers here, once, before any loader thread starts.
+
+    The engine, the embeddings target, the semantic cache and the difficulty scorer each load a
+    model in a worker thread; two threads importing transformers' lazy modules at the same time can
+    see them half initialised ("cannot import name 'AutoModelForCausalLM'"). Only policies that
+    use such a model pay the import at startup.
+    """
+    targets = policy.targets.values()
+    if not (any(t.embedded is not None or t.provider == "local_embeddings" for t in targets)
+            or any(m.cache.semantic.enabled for m in policy.models.values())):
+        return
+    import sentence_transformers  # noqa: F401  (imports transformers' model classes too)
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer  # noqa: F401
+
+
 def _start_providers(runtime: Runtime) -> None:
     knn = runtime.router.scorer.knn
     if knn is not None:  # embed the labelled examples now, not on the first `auto` request
@@ -145,6 +161,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
     policy = load_policy(settings.policy_path)  # an invalid policy refuses to start
 
     async def startup(app: Litestar) -> None:
+        _import_model_libraries(policy)
         clients = Clients.create(settings.cache_dir)
         app.state.clients = clients
         shared = _shared_state(settings)
@@ -206,6 +223,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             gateway: Gateway = app.state.gateway
             old = gateway.runtime
             runtime = build_runtime(new_policy, settings, clients, old)
+            _import_model_libraries(new_policy)
             _start_providers(runtime)
             app.state.breakers.config = breaker_config(new_policy)
             gateway.runtime = runtime  # the atomic swap: requests in flight keep their snapshot
