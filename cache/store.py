@@ -22,6 +22,7 @@ import logging
 import math
 import time
 import zlib
+from dataclasses import dataclass
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
@@ -37,6 +38,10 @@ __all__ = ["Store", "MemoryStore", "RedisStore"]
 class Store(Protocol):
     async def get(self, key: str) -> bytes | None: ...
 
+    async def fetch(self, key: str) -> Fetched:
+        """Like `get`, but says whether the store answered at all (a miss vs. an outage)."""
+        ...
+
     async def set(self, key: str, value: bytes, ttl: float) -> None: ...
 
     async def delete(self, key: str) -> None: ...
@@ -44,6 +49,12 @@ class Store(Protocol):
     async def ping(self) -> bool: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    answered: bool  # False: the store could not be asked (down, busy); `value` says nothing then
+    value: bytes | None = None
 
 
 class MemoryStore:
@@ -92,6 +103,9 @@ class MemoryStore:
             return None
         self._data.move_to_end(key)
         return value
+
+    async def fetch(self, key: str) -> Fetched:
+        return Fetched(True, await self.get(key))
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self._drop(key)
@@ -236,8 +250,16 @@ class RedisStore:
         return True, result
 
     async def get(self, key: str) -> bytes | None:
+        return (await self.fetch(key)).value
+
+    async def fetch(self, key: str) -> Fetched:
         ok, stored = await self._call("get", self.redis.get(self._key(key)))
-        if not ok or stored is None:
+        if not ok:
+            return Fetched(False)
+        return Fetched(True, self._value(stored))
+
+    def _value(self, stored) -> bytes | None:
+        if stored is None:
             return None
         if isinstance(stored, str):  # client created with decode_responses=True: unusable here
             self._failed("get", TypeError("redis client must not decode responses"))

@@ -40,6 +40,11 @@ MAX_LIST = 100
 WRITE_GRACE: tuple[float | None, ...] = (0.01, 0.02, 0.05, 0.1, 0.15, None)
 
 
+def unavailable() -> GatewayError:
+    return GatewayError(503, "Stored responses are unavailable right now; try again shortly.",
+                        type="service_unavailable", code="state_store_unavailable", headers={"retry-after": "1"})
+
+
 def not_found(response_id: str, param: str | None = None) -> GatewayError:
     return GatewayError(404, f"Response with id '{response_id}' not found.", param=param, code="not_found")
 
@@ -88,9 +93,11 @@ class ResponseStore:
         """A read that waits briefly on a miss: the pipeline stores an answer just after sending
         it, so a client that continues at once (a tool loop) can arrive before the write lands."""
         for delay in WRITE_GRACE:
-            raw = await self.store.get(key)
-            if raw is not None or delay is None:
-                return raw
+            fetched = await self.store.fetch(key)
+            if not fetched.answered:  # an outage is not a "no such response"
+                raise unavailable()
+            if fetched.value is not None or delay is None:
+                return fetched.value
             await asyncio.sleep(delay)
         return None
 

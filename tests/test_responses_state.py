@@ -93,3 +93,33 @@ def test_two_replicas_share_stored_responses_through_redis(replicas, openai_stub
     one.responses.delete(first.id)
     with pytest.raises(openai.NotFoundError):
         two.responses.retrieve(first.id)
+
+
+def test_a_store_outage_is_a_503_not_a_404():
+    """A stored response that cannot be read because Redis is down must not read as 'no such id'."""
+    import redis.asyncio as aioredis
+
+    from cache.store import RedisStore
+    from tests.redis_servers import RedisServer
+
+    server = RedisServer()
+    answer = b'{"id": "resp_9", "object": "response", "output": []}'
+
+    async def scenario() -> None:
+        client = aioredis.Redis.from_url(server.url, socket_timeout=0.5)
+        sessions = ResponseStore(RedisStore(client, prefix="t:"), ttl=lambda: 60.0)
+        await sessions.remember(WIRE.decode(b'{"model": "m", "input": "hello"}'), "t", answer)
+        assert (await sessions.load("t", "resp_9"))["response"]["id"] == "resp_9"
+        with pytest.raises(GatewayError) as caught:
+            await sessions.load("t", "resp_unknown")
+        assert caught.value.status == 404
+        server.stop()
+        with pytest.raises(GatewayError) as caught:
+            await sessions.load("t", "resp_9")
+        assert caught.value.status == 503 and caught.value.headers["retry-after"] == "1"
+        await client.aclose()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        server.stop()
