@@ -355,7 +355,6 @@ _chunk_decoder = msgspec.json.Decoder(_ChunkPeek)
 
 class ChatWire(OpenAIWire):
     api = Api.CHAT
-    path = "/chat/completions"
     cacheable_streams = True
     check = staticmethod(answer_check("choices"))
 
@@ -369,7 +368,7 @@ class ChatWire(OpenAIWire):
             output_cap=view.output_cap,
             output_param="max_completion_tokens" if view.max_completion_tokens is not None else "max_tokens",
             n=view.n or 1, messages=len(view.messages), prompt_tokens=estimate_prompt_tokens(body),
-            conversation=body, metadata=body.get("metadata") if isinstance(body.get("metadata"), dict) else None,
+            conversation=body,
         )
 
 

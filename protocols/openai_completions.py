@@ -80,7 +80,6 @@ _chunk_decoder = msgspec.json.Decoder(_ChunkPeek)
 
 class CompletionsWire(OpenAIWire):
     api = Api.COMPLETIONS
-    path = "/completions"
     cacheable_streams = True
     check = staticmethod(answer_check("choices"))
 

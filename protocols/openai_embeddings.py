@@ -53,7 +53,6 @@ def response(vectors: np.ndarray, model: str, prompt_tokens: int, encoding: str 
 
 class EmbeddingsWire(OpenAIWire):
     api = Api.EMBEDDINGS
-    path = "/embeddings"
     cacheable_streams = False
     check = staticmethod(answer_check("data"))
 

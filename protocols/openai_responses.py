@@ -283,7 +283,6 @@ def check_answer(body: bytes) -> bool:
 
 class ResponsesWire:
     api = Api.RESPONSES
-    path = "/responses"
     done = b""  # named events; the stream ends after response.completed
     cacheable_streams = True
     requires_final = True  # response.completed / .incomplete / .failed
@@ -317,7 +316,7 @@ class ResponsesWire:
             include_usage=True,  # a Responses stream always ends with its usage
             output_cap=checked.max_output_tokens, output_param="max_output_tokens",
             messages=len(messages), prompt_tokens=estimate_messages_tokens(messages, body.get("tools")),
-            conversation=conversation, metadata=checked.metadata,
+            conversation=conversation,
         )
 
     def prepare(self, inbound: Inbound, upstream_model: str, max_output: int | None) -> dict[str, Any]:

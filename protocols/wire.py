@@ -42,7 +42,6 @@ class Inbound:
     messages: int = 0  # count, for the max_messages bound
     prompt_tokens: int = 0  # estimate
     conversation: dict[str, Any] = field(default_factory=dict)
-    metadata: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -61,7 +60,6 @@ class Peek:
 
 class Wire(Protocol):
     api: Api
-    path: str  # the upstream path under /v1 for HTTP forwarders
     done: bytes  # the stream's terminator frame (OpenAI `[DONE]`; empty for named-event streams)
     cacheable_streams: bool
     requires_final: bool  # the protocol ends every complete stream with its own final event
