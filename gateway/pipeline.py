@@ -36,14 +36,13 @@ from gateway.executor import Executor
 from gateway.router import Candidate, Plan, Router
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry
 from policies.schema import Policy
+from protocols.anthropic_messages import forwarded_headers
 from protocols.api import Api
 from protocols.errors import GatewayError
 from protocols.wire import Inbound, Wire
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-# Caller headers a target speaking the caller's protocol natively should see.
-_FORWARDED = ("anthropic-version", "anthropic-beta")
 
 
 @dataclass(slots=True)
@@ -157,7 +156,7 @@ class Gateway:
         reservation = await self._reserve(call, principal, plan, admitted)
         await self.breakers.refresh([c.key for c in plan.candidates])  # see other replicas' trips, claim probes
         call.queue_s = time.perf_counter() - call.started
-        forward = {k: headers[k] for k in _FORWARDED if k in headers}
+        forward = forwarded_headers(headers)
 
         def upstream_request(candidate: Candidate) -> ProviderRequest:
             t = candidate.timeouts

@@ -22,6 +22,14 @@ from protocols.text import estimate_tokens, split_text, text_of
 from protocols.usage import Usage
 from protocols.wire import Inbound, Peek, answer_check, convert, decode_json
 
+# Caller headers an Anthropic target must see (API version and beta features); forwarded as sent.
+FORWARDED_HEADERS = ("anthropic-version", "anthropic-beta")
+
+
+def forwarded_headers(headers) -> dict[str, str]:
+    return {k: headers[k] for k in FORWARDED_HEADERS if k in headers}
+
+
 class _Loose(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=False):
     pass
 
@@ -182,7 +190,6 @@ def assemble_message(events: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 class MessagesWire:
     api = Api.MESSAGES
-    path = "/messages"
     done = b""
     cacheable_streams = True
     requires_final = True  # a stream without `message_stop` was cut, whatever the transport says
@@ -195,7 +202,6 @@ class MessagesWire:
             api=self.api, body=body, view=view, model=view.model, stream=bool(view.stream),
             include_usage=True, output_cap=view.max_tokens, n=1, messages=len(view.messages),
             prompt_tokens=estimate_prompt_tokens(body), conversation=conversation(body),
-            metadata=view.metadata,
         )
 
     def prepare(self, inbound: Inbound, upstream_model: str, max_output: int | None) -> dict[str, Any]:

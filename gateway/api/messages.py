@@ -18,8 +18,6 @@ from protocols.errors import GatewayError, status_for
 from protocols.wire import convert, decode_json
 from providers.base import ProviderError, ProviderRequest, Timeouts, TokenCounter
 
-_FORWARDED = ("anthropic-version", "anthropic-beta")
-
 
 def _error(exc: GatewayError) -> Response:
     return Response(exc.body(Api.MESSAGES), status_code=status_for(Api.MESSAGES, exc.status),
@@ -39,7 +37,7 @@ async def count_tokens(request: Request) -> Response:
                                          anthropic_messages.estimate_prompt_tokens(body), Api.MESSAGES)
     except GatewayError as exc:
         return _error(exc)
-    forward = {k: headers[k] for k in _FORWARDED if k in headers}
+    forward = anthropic_messages.forwarded_headers(headers)
     for candidate in plan.candidates:
         if not isinstance(candidate.provider, TokenCounter):
             continue
