@@ -8,6 +8,8 @@ status its SDK maps to the right exception class.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import msgspec
 
 from protocols.api import Api
@@ -97,6 +99,18 @@ def bad_request(message: str, *, param: str | None = None, code: str | None = "i
 
 class Untranslatable(ValueError):
     """A request that cannot be expressed in the target's protocol; the caller gets a 400 naming why."""
+
+
+@contextmanager
+def translating(target: str):
+    """Around a request translation: a shape the request struct let through but the translator
+    cannot read (a missing key, a wrong type) is an `Untranslatable` 400 too, never a 500."""
+    try:
+        yield
+    except Untranslatable:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise Untranslatable(f"request cannot be translated for {target}: {exc}") from exc
 
 
 class UpstreamStreamError(Exception):

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from protocols.api import Api
-from protocols.errors import Untranslatable, UpstreamStreamError
+from protocols.errors import Untranslatable, UpstreamStreamError, translating
 from protocols.text import text_of
 from protocols.usage import Usage, UsagePeek, to_usage
 
@@ -270,12 +270,8 @@ class MessagesToChat:
     target = Api.CHAT
 
     def request(self, body: dict[str, Any], hints: Any) -> dict[str, Any]:
-        try:
+        with translating("this target"):
             return to_chat(body)
-        except Untranslatable:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Untranslatable(f"request cannot be translated for this target: {exc}") from exc
 
     def dropped(self, body: dict[str, Any]) -> list[str]:
         return dropped(body)

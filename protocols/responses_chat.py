@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from protocols.api import Api
-from protocols.errors import Untranslatable
+from protocols.errors import Untranslatable, translating
 from protocols.responses_events import Builder, new_id, response_object, usage_object
 from protocols.text import text_of
 from protocols.usage import Usage
@@ -303,12 +303,8 @@ class ResponsesToChat:
 
     def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
         _ECHO.set(echo_of(body))
-        try:
+        with translating("a chat upstream"):
             return to_chat(body)
-        except Untranslatable:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Untranslatable(f"request cannot be translated for a chat upstream: {exc}") from exc
 
     def response(self, body: bytes) -> tuple[bytes, Usage]:
         document, usage = response_from_chat(msgspec.json.decode(body), _ECHO.get() or {})

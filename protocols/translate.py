@@ -16,7 +16,7 @@ import msgspec
 
 from protocols import anthropic_chat
 from protocols.api import Api
-from protocols.errors import Untranslatable, UpstreamStreamError
+from protocols.errors import UpstreamStreamError, translating
 from protocols.messages_chat import MessagesToChat
 from protocols.responses_chat import ResponsesToChat
 from protocols.usage import Usage
@@ -60,13 +60,9 @@ class ChatToMessages:
         return sorted(key for key in body if key not in self.TRANSLATED)
 
     def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
-        try:
+        with translating("Anthropic"):
             params = anthropic_chat.to_anthropic(body, default_max_tokens=hints.default_max_tokens,
                                                  cache_prefix=hints.cache_prefix, min_cache_chars=hints.min_cache_chars)
-        except Untranslatable:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise Untranslatable(f"request cannot be translated for Anthropic: {exc}") from exc
         if body.get("stream"):
             params["stream"] = True
         return params
