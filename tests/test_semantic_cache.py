@@ -124,3 +124,30 @@ def test_one_embedder_per_process():
     assert get_embedder() is get_embedder()
     sc = SemanticCache(ResponseCache(MemoryStore()))
     assert sc.embedder is get_embedder()
+
+
+def test_query_forward_pass_uses_one_intra_op_thread_and_restores_the_callers():
+    import numpy as np
+    import torch
+
+    from cache.embedder import _intra_op_threads
+
+    before = torch.get_num_threads()
+    with _intra_op_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with _intra_op_threads(None):
+        assert torch.get_num_threads() == before
+
+    e = Embedder(memo_size=0)
+    assert e.threads == 1  # the request-path default
+    text = "How do I reverse a list in Python?"
+    seen: list[int] = []
+    worker = threading.Thread(target=lambda: (torch.set_num_threads(2), e.embed_if_fits(text),
+                                              seen.append(torch.get_num_threads())))
+    worker.start()
+    worker.join(timeout=60)
+    assert seen == [2]  # the worker thread's own setting is back after the forward pass
+    one = e.embed_if_fits(text)
+    e.threads = None  # torch's default: the same vector
+    assert float(np.dot(one, e.embed_if_fits(text))) > 0.9999
