@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from gateway.difficulty import DEFAULT_EXAMPLES, DifficultyScorer, KnnScorer, minilm_embed  # noqa: E402
+from cache.embedder import Embedder  # noqa: E402
+from gateway.difficulty import DEFAULT_EXAMPLES, DifficultyScorer, KnnScorer  # noqa: E402
 
 EASY = [
     "hi", "Thanks!", "What is the capital of {c}?", "Translate '{w}' into {l}.", "Who wrote {b}?",
@@ -148,7 +149,7 @@ def main() -> None:
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
         t0 = time.perf_counter()
-        knn = KnnScorer(DEFAULT_EXAMPLES, minilm_embed(max_tokens=args.knn_tokens), k=5)
+        knn = KnnScorer(DEFAULT_EXAMPLES, Embedder(memo_size=0).head_embedder(args.knn_tokens), k=5)  # no memo: every request pays
         knn.prepare()
         load_s = time.perf_counter() - t0
         blended = DifficultyScorer(knn=knn)
@@ -179,7 +180,6 @@ def main() -> None:
     if not args.no_learned:
         import torch
 
-        from gateway.difficulty import MiniLMEmbedder
         from gateway.learned_scorer import LearnedScorer
         from gateway.router_model import LearnedModel
 
@@ -192,7 +192,7 @@ def main() -> None:
 
             embed = StaticEmbedder()
         else:
-            embed = MiniLMEmbedder(max_tokens=64)
+            embed = Embedder(memo_size=0).head_embedder(64)
         learned = LearnedScorer(model, embed=embed)
         for body in bodies[:20]:
             learned.score(body)  # warm-up: model load, first allocations

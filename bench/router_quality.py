@@ -53,7 +53,7 @@ def body(text: str) -> dict:
 
 
 def make_scorers(names: list[str], model_path: str | None):
-    from gateway.difficulty import DifficultyScorer, KnnScorer, MiniLMEmbedder
+    from gateway.difficulty import DifficultyScorer, KnnScorer, minilm_embed
     from gateway.learned_scorer import LearnedScorer
     from gateway.router_model import LearnedModel
 
@@ -64,7 +64,7 @@ def make_scorers(names: list[str], model_path: str | None):
         # Never the process-wide contextual embedder: it memoises per text, and a memo hit would
         # make the latency figures (and repeated rounds) meaninglessly fast.
         static = model.report.get("embedder_kind") == "static"
-        return LearnedScorer(model, embed=StaticEmbedder() if static else MiniLMEmbedder(max_tokens=64))
+        return LearnedScorer(model, embed=StaticEmbedder() if static else minilm_embed(64))
 
     table = {
         "learned": learned,

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from cache.embedder import default_model_path, native_bf16
 from protocols.text import conversation_text
 
 __all__ = [
@@ -49,7 +48,6 @@ __all__ = [
     "DifficultyScorer",
     "DifficultyWeights",
     "KnnScorer",
-    "MiniLMEmbedder",
     "minilm_embed",
 ]
 
@@ -64,7 +62,7 @@ _LEN_LOW = 80.0
 _LEN_HIGH = 12000.0
 # kNN input: the head of the last user message. Transformer cost on a CPU grows with the number
 # of word pieces, and the kind of task is almost always stated in the first sentences, so the text
-# is cut to ~400 characters here and to 64 word pieces by `MiniLMEmbedder` (p99 within 15 ms on 2 cores).
+# is cut to ~400 characters here and to 64 word pieces by `minilm_embed` (p99 within 15 ms on 2 cores).
 _KNN_CHARS = 400
 
 
@@ -307,68 +305,13 @@ DEFAULT_EXAMPLES: tuple[tuple[str, float], ...] = (
 )
 
 
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 forward pass for short texts: tokenizer + encoder + mean pooling.
-
-    Why not `cache.embedder.Embedder`: its `embed` goes through `SentenceTransformer.encode`
-    (~2 ms of batching overhead per call on a CPU) and shares one lock with the semantic cache,
-    whose long texts would queue ahead of this per-request, latency-bound call. This class
-    computes the same vectors (cosine 1.0 against `encode` on untruncated text), truncated to
-    `max_tokens`, under its own lock. It costs one more copy of the 90 MB model when the semantic
-    cache is enabled too. Loaded lazily (`HF_HUB_OFFLINE=1`: nothing is downloaded).
-    """
-
-    def __init__(self, model_path: str | None = None, max_tokens: int = 64) -> None:
-        self.model_path = model_path
-        self.max_tokens = max_tokens
-        self._parts = None
-        self._lock = threading.Lock()
-
-    def _load(self):
-        if self._parts is None:
-            import os
-
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-            from sentence_transformers import SentenceTransformer
-
-            model = SentenceTransformer(self.model_path or str(default_model_path()), device="cpu")
-            pooling = model[1] if len(model) > 1 else None
-            # sentence-transformers < 6 has `pooling_mode_mean_tokens`; 6.x has `pooling_mode == "mean"`.
-            mean = bool(getattr(pooling, "pooling_mode_mean_tokens", False)) or getattr(pooling, "pooling_mode", None) == "mean"
-            encoder = model[0].auto_model.eval()
-            if mean and native_bf16():
-                # Halves the forward pass (the whole cost) where the CPU has bf16 units; vectors
-                # stay within cosine 0.9999 of fp32. Emulated bf16 would be slower: keep fp32 there.
-                import copy
-
-                import torch
-
-                encoder = copy.deepcopy(encoder).to(torch.bfloat16)
-            self._parts = (model, model.tokenizer, encoder, mean)
-        return self._parts
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        with self._lock:
-            model, tokenizer, encoder, mean = self._load()
-            if not mean:  # another pooling: let sentence-transformers do it
-                vecs = model.encode(list(texts), convert_to_numpy=True, normalize_embeddings=True)
-                return np.asarray(vecs, dtype=np.float32)
-            batch = tokenizer(list(texts), return_tensors="pt", padding=True, truncation=True,
-                              max_length=self.max_tokens)
-            with torch.inference_mode():
-                hidden = encoder(**batch).last_hidden_state.float()
-                mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-            return pooled.numpy().astype(np.float32, copy=False)
-
-
 def minilm_embed(max_tokens: int = 64) -> Callable[[list[str]], np.ndarray]:
-    """An `embed` function for `KnnScorer` backed by the offline all-MiniLM-L6-v2 model."""
-    return MiniLMEmbedder(max_tokens=max_tokens)
+    """An `embed` function for `KnnScorer`: the head of each text through the process-wide MiniLM
+    (`cache.embedder.get_embedder`), the one the semantic cache uses: one copy of the model in
+    memory, and a text both ask for is encoded once (its memo is keyed by token ids)."""
+    from cache.embedder import get_embedder
+
+    return get_embedder().head_embedder(max_tokens)
 
 
 class KnnScorer:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.difficulty import _KNN_CHARS, Difficulty, DifficultyScorer, MiniLMEmbedder
+from gateway.difficulty import _KNN_CHARS, Difficulty, DifficultyScorer, minilm_embed
 from gateway.router_model import Calibration, LearnedModel, sigmoid
 
 log = logging.getLogger("gateway.difficulty")
@@ -36,17 +36,13 @@ _shared_lock = threading.Lock()
 
 
 def shared_embed() -> Embed:
-    """The process-wide short-text embedder (MiniLM, head of the prompt, 64 word pieces).
-
-    Prefers the semantic cache's process-wide embedder (`cache.embedder.get_embedder().head_embedder`:
-    one MiniLM in the process, memoised per token sequence so a request's text is embedded once);
-    otherwise the router's own lean `MiniLMEmbedder`. Both compute the vectors the model was
-    trained on (tokenizer + encoder + mean pooling over the first 64 word pieces).
-    """
+    """The process-wide short-text embedder (MiniLM, head of the prompt, 64 word pieces): the
+    semantic cache's embedder (`cache.embedder.get_embedder`), so one MiniLM is in memory and a
+    request's text is encoded once (memoised per token sequence)."""
     global _shared
     with _shared_lock:
         if _shared is None:
-            _shared = _cache_embedder() or MiniLMEmbedder(max_tokens=64)
+            _shared = minilm_embed(64)
         return _shared
 
 
@@ -58,15 +54,6 @@ def embedder_for(model: LearnedModel) -> Embed:
 
         return shared_static()
     return shared_embed()
-
-
-def _cache_embedder() -> Embed | None:
-    try:
-        from cache.embedder import get_embedder
-    except ImportError:  # pragma: no cover - cache package always ships with the gateway
-        return None
-    head = getattr(get_embedder(), "head_embedder", None)
-    return head(64) if head is not None else None  # same vectors as MiniLMEmbedder(max_tokens=64)
 
 
 class LearnedScorer:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gateway.difficulty import MiniLMEmbedder
+    from gateway.difficulty import minilm_embed
     from gateway.router_model import DEFAULT_MODEL
     from gateway.router_train import read_feedback, report_markdown, rows_from_feedback, train
     from gateway.static_embed import NAME as STATIC_NAME
@@ -22,7 +22,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.embedder == "static":
         embed, name = StaticEmbedder(), STATIC_NAME
     else:
-        embed, name = MiniLMEmbedder(max_tokens=64), "all-MiniLM-L6-v2 (64 word pieces)"
+        embed, name = minilm_embed(64), "all-MiniLM-L6-v2 (64 word pieces)"
     feedback = []
     for path in args.feedback or []:
         try:
