@@ -75,7 +75,10 @@ def conversation(body: dict[str, Any]) -> dict[str, Any]:
     for message in body.get("messages") or ():
         content = message.get("content")
         messages.append({"role": message.get("role"), "content": content if isinstance(content, str) else text_of(content)})
-    return {"messages": messages, "tools": body.get("tools") or []}
+    view: dict[str, Any] = {"messages": messages, "tools": body.get("tools") or []}
+    if isinstance(body.get("metadata"), dict):  # routes may match on it (`match.metadata`)
+        view["metadata"] = body["metadata"]
+    return view
 
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:

@@ -311,6 +311,8 @@ class ResponsesWire:
         conversation: dict[str, Any] = {"messages": messages}
         if tools:
             conversation["tools"] = tools
+        if isinstance(body.get("metadata"), dict):  # routes may match on it (`match.metadata`)
+            conversation["metadata"] = body["metadata"]
         return Inbound(
             api=self.api, body=body, view=view or checked, model=checked.model, stream=bool(checked.stream),
             include_usage=True,  # a Responses stream always ends with its usage

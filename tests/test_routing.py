@@ -9,6 +9,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -60,6 +61,9 @@ routes:
     fallbacks: [managed, local]
   - name: tagged
     match: {{metadata: {{suite: eval}}}}
+    targets: [{{target: managed}}]
+  - name: tagged-user
+    match: {{metadata: {{user_id: eval-bot}}}}
     targets: [{{target: managed}}]
 admin_keys: ["sha256:{hash_key(ADMIN)}"]
 tenants:
@@ -131,6 +135,18 @@ def test_rules_route_through_the_gateway(gw, upstreams):
     assert call(gw, OTHER, "frontier").headers["x-gateway-target"] == "frontier"
     assert "x-gateway-route" not in call(gw, OTHER, "frontier").headers
     assert call(gw, OTHER, "fast", metadata={"suite": "eval"}).headers["x-gateway-target"] == "managed"
+    # the same rules for the other protocols' metadata (Responses: any keys; Messages: user_id)
+    responses = openai.OpenAI(base_url=gw.base_url, api_key=OTHER, max_retries=0).responses
+    assert responses.with_raw_response.create(model="fast", input="hi", metadata={"suite": "eval"}).headers[
+        "x-gateway-target"] == "managed"
+    assert responses.with_raw_response.create(model="fast", input="hi").headers["x-gateway-target"] == "local"
+    messages = anthropic.Anthropic(base_url=gw.base_url.removesuffix("/v1"), api_key=OTHER, max_retries=0).messages
+    tagged = messages.with_raw_response.create(model="fast", max_tokens=16, messages=[{"role": "user", "content": "hi"}],
+                                               metadata={"user_id": "eval-bot"})
+    assert tagged.headers["x-gateway-target"] == "managed" and tagged.headers["x-gateway-route"] == "tagged-user"
+    plain = messages.with_raw_response.create(model="fast", max_tokens=16, messages=[{"role": "user", "content": "hi"}],
+                                              metadata={"user_id": "someone"})
+    assert plain.headers["x-gateway-target"] == "local"
     targets = Counter(call(gw, ACME, "frontier").headers["x-gateway-target"] for _ in range(200))
     assert set(targets) == {"frontier", "canary"} and 20 <= targets["canary"] <= 65
 
