@@ -4,7 +4,10 @@ targets are reached through the chat pivot, Chat → Messages, by `translate.fin
 Request: `instructions` and the input items become chat messages (function_call items become the
 assistant's `tool_calls`, consecutive ones merged into one turn as parallel calls;
 function_call_output items become `tool` messages; reasoning items are dropped, a chat upstream
-has nowhere to put them), function tools become chat tools, `text.format` becomes
+has nowhere to put them), function tools become chat tools, custom tools (free-form input, e.g.
+Codex's `apply_patch`) become chat functions with one string argument `input` (a grammar, if the
+tool has one, is stated in the description) and their calls come back as `custom_tool_call`
+items, `text.format` becomes
 `response_format`, `max_output_tokens` becomes `max_tokens`. Hosted tools (web_search,
 file_search, …) and items only OpenAI can resolve (`item_reference`, hosted tool calls) raise
 `Untranslatable`: the caller gets a 400 naming them, never a silently different request.
@@ -19,6 +22,7 @@ parameters a response object repeats (`instructions`, `tools`, `temperature`, �
 from __future__ import annotations
 
 import contextvars
+import json
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +87,16 @@ def _output_text(output: Any) -> str:
     return output if isinstance(output, str) else (text_of(output) or "")
 
 
+def _append_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
+    last = messages[-1] if messages else None
+    if last is not None and last["role"] == "assistant":  # parallel calls: one assistant turn
+        last.setdefault("tool_calls", []).append(call)
+        if last.get("content") == "":
+            last["content"] = None
+    else:
+        messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+
+
 def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[str, Any]]:
     """Chat messages for `instructions` + `input`. Lenient (`strict=False`) for routing and
     estimates: what cannot be translated is skipped instead of refused."""
@@ -101,16 +115,13 @@ def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[st
             role = _ROLES.get(item.get("role"), "user")
             messages.append({"role": role, "content": _content(item.get("content"), strict)})
         elif kind == "function_call":
-            call = {"id": item.get("call_id") or item.get("id"), "type": "function",
-                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}}
-            last = messages[-1] if messages else None
-            if last is not None and last["role"] == "assistant":  # parallel calls: one assistant turn
-                last.setdefault("tool_calls", []).append(call)
-                if last.get("content") == "":
-                    last["content"] = None
-            else:
-                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+            _append_call(messages, {"id": item.get("call_id") or item.get("id"), "type": "function",
+                                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})
+        elif kind == "custom_tool_call":
+            _append_call(messages, {"id": item.get("call_id") or item.get("id"), "type": "function",
+                                    "function": {"name": item.get("name"),
+                                                 "arguments": json.dumps({"input": item.get("input") or ""})}})
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                              "content": _output_text(item.get("output"))})
         elif kind == "reasoning":
@@ -120,12 +131,45 @@ def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[st
     return messages
 
 
+_CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string", "description": "The tool's raw input."}},
+                      "required": ["input"], "additionalProperties": False}
+
+
+def _custom_function(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A custom tool (free-form text input) as a chat function taking that text as `input`."""
+    description = tool.get("description") or ""
+    fmt = tool.get("format") if isinstance(tool.get("format"), Mapping) else {}
+    if fmt.get("type") == "grammar" and fmt.get("definition"):
+        description += (f"\n\nThe `input` argument must be text in this {fmt.get('syntax') or ''} grammar:\n"
+                        f"{fmt['definition']}")
+    function = {"name": tool.get("name"), "parameters": _CUSTOM_PARAMETERS}
+    if description.strip():
+        function["description"] = description.strip()
+    return {"type": "function", "function": function}
+
+
+def custom_tool_names(tools: Any) -> frozenset[str]:
+    return frozenset(t.get("name") for t in tools or [] if isinstance(t, Mapping) and t.get("type") == "custom")
+
+
+def custom_input(arguments: str) -> str:
+    """The free-form input of a custom tool call from the chat function's JSON arguments (a model
+    that did not answer `{"input": "…"}` has its raw arguments passed on as they are)."""
+    try:
+        parsed = json.loads(arguments)
+    except ValueError:
+        return arguments
+    return parsed["input"] if isinstance(parsed, dict) and isinstance(parsed.get("input"), str) else arguments
+
+
 def tools_of(tools: Any, *, strict: bool = True) -> list[dict[str, Any]]:
     out = []
     for tool in tools or []:
         if isinstance(tool, Mapping) and tool.get("type") == "function":
             function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
             out.append({"type": "function", "function": function})
+        elif isinstance(tool, Mapping) and tool.get("type") == "custom" and tool.get("name"):
+            out.append(_custom_function(tool))
         elif strict:
             kind = tool.get("type") if isinstance(tool, Mapping) else type(tool).__name__
             raise Untranslatable(f"hosted tool '{kind}' is only available on OpenAI targets; "
@@ -136,7 +180,7 @@ def tools_of(tools: Any, *, strict: bool = True) -> list[dict[str, Any]]:
 def _tool_choice(choice: Any) -> Any:
     if choice is None or isinstance(choice, str):
         return choice
-    if isinstance(choice, Mapping) and choice.get("type") == "function":
+    if isinstance(choice, Mapping) and choice.get("type") in ("function", "custom"):
         return {"type": "function", "function": {"name": choice.get("name")}}
     if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
         return "required" if choice.get("mode") == "required" else "auto"
@@ -206,10 +250,16 @@ def response_from_chat(completion: Mapping[str, Any], echo: Mapping[str, Any]) -
                 builder.open_part(index, kind)
                 builder.part_delta(index, text)
         builder.done_item(index)
+    customs = custom_tool_names(echo.get("tools"))
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
-        index, _ = builder.open_call(call.get("id") or new_id("call"), function.get("name") or "")
-        builder.call_delta(index, function.get("arguments") or "")
+        name, arguments = function.get("name") or "", function.get("arguments") or ""
+        if name in customs:
+            index, _ = builder.open_custom_call(call.get("id") or new_id("call"), name)
+            builder.custom_delta(index, custom_input(arguments))
+        else:
+            index, _ = builder.open_call(call.get("id") or new_id("call"), name)
+            builder.call_delta(index, arguments)
         builder.done_item(index)
     usage, books = _usage(completion.get("usage"))
     status, reason = _status(choice.get("finish_reason"))
@@ -225,6 +275,8 @@ class _StreamState:
         self.builder: Builder | None = None
         self.message: int | None = None  # output index of the open message item
         self.calls: dict[int, int] = {}  # chat tool-call index -> output index
+        self.customs = custom_tool_names(self.echo.get("tools"))
+        self.custom_arguments: dict[int, str] = {}  # output index -> JSON arguments so far (custom tools)
         self.finish_reason: str | None = None
         self.usage: Any = None
 
@@ -259,11 +311,26 @@ class _StreamState:
         slot = call.get("index", 0)
         if slot not in self.calls:
             events.extend(self._close_message())
-            self.calls[slot], added = builder.open_call(call.get("id") or new_id("call"), function.get("name") or "")
+            name = function.get("name") or ""
+            if name in self.customs:
+                self.calls[slot], added = builder.open_custom_call(call.get("id") or new_id("call"), name)
+                self.custom_arguments[self.calls[slot]] = ""
+            else:
+                self.calls[slot], added = builder.open_call(call.get("id") or new_id("call"), name)
             events.append(added)
+        index = self.calls[slot]
         if function.get("arguments"):
-            events.append(builder.call_delta(self.calls[slot], function["arguments"]))
+            if index in self.custom_arguments:  # JSON fragments: the input is known once they are all in
+                self.custom_arguments[index] += function["arguments"]
+            else:
+                events.append(builder.call_delta(index, function["arguments"]))
         return events
+
+    def _close_call(self, index: int) -> list[dict[str, Any]]:
+        if index not in self.custom_arguments:
+            return self.builder.close_call(index)
+        return [self.builder.custom_delta(index, custom_input(self.custom_arguments[index])),
+                *self.builder.close_custom_call(index)]
 
     def _close_message(self) -> list[dict[str, Any]]:
         if self.message is None:
@@ -276,7 +343,7 @@ class _StreamState:
             raise EOFError("the upstream stream ended before its finish_reason")
         events = self._close_message()
         for index in sorted(self.calls.values()):
-            events.extend(self.builder.close_call(index))
+            events.extend(self._close_call(index))
         usage, _ = _usage(self.usage)
         status, reason = _status(self.finish_reason)
         events.append(self.builder.finish(status, usage=usage, incomplete_reason=reason))

@@ -11,6 +11,7 @@ every content event after its item's `added`):
         message: response.content_part.added, response.output_text.delta…, response.output_text.done,
                  response.content_part.done (refusals: response.refusal.delta / .done)
         function_call: response.function_call_arguments.delta…, response.function_call_arguments.done
+        custom_tool_call: response.custom_tool_call_input.delta…, response.custom_tool_call_input.done
         reasoning: response.reasoning_summary_part.added, response.reasoning_summary_text.delta / .done,
                    response.reasoning_summary_part.done
     response.output_item.done, then response.completed (or response.incomplete / response.failed).
@@ -147,6 +148,23 @@ class Builder:
                            name=item["name"], arguments=item["arguments"]),
                 self.done_item(index)]
 
+    # -- custom tool calls (free-form input) ----------------------------------------------------------
+
+    def open_custom_call(self, call_id: str, name: str, id: str | None = None) -> tuple[int, dict[str, Any]]:
+        return self.add_item({"id": id or new_id("ctc"), "type": "custom_tool_call", "status": "in_progress",
+                              "call_id": call_id, "name": name, "input": ""})
+
+    def custom_delta(self, index: int, delta: str) -> dict[str, Any]:
+        item = self.output[index]
+        item["input"] += delta
+        return self.event("response.custom_tool_call_input.delta", item_id=item["id"], output_index=index, delta=delta)
+
+    def close_custom_call(self, index: int) -> list[dict[str, Any]]:
+        item = self.output[index]
+        return [self.event("response.custom_tool_call_input.done", item_id=item["id"], output_index=index,
+                           input=item["input"]),
+                self.done_item(index)]
+
     # -- the end ------------------------------------------------------------------------------------
 
     def finish(self, status: str = "completed", *, usage: dict[str, Any] | None = None,
@@ -189,6 +207,14 @@ def _replay_item(builder: Builder, item: dict[str, Any]) -> list[dict[str, Any]]
         arguments = item.get("arguments") or ""
         events.extend(builder.call_delta(index, arguments[i:i + 24]) for i in range(0, len(arguments), 24))
         events.extend(builder.close_call(index))
+        builder.output[index].update(item)
+        return events
+    if kind == "custom_tool_call":
+        index, added = builder.add_item({**item, "status": "in_progress", "input": ""})
+        events = [added]
+        text = item.get("input") or ""
+        events.extend(builder.custom_delta(index, piece) for piece in split_text(text))
+        events.extend(builder.close_custom_call(index))
         builder.output[index].update(item)
         return events
     if kind == "reasoning":

@@ -276,6 +276,46 @@ def test_claude_target_create_stream_and_tool_loop(a, claude):
     assert (tool_result["type"], tool_result["tool_use_id"]) == ("tool_result", "toolu_1")
 
 
+APPLY_PATCH = {"type": "custom", "name": "apply_patch", "description": "Apply a patch to files.",
+               "format": {"type": "grammar", "syntax": "lark", "definition": "start: begin_patch hunk+ end_patch"}}
+PATCH = "*** Begin Patch\n*** Update File: a.py\n@@\n-x = 1\n+x = 2\n*** End Patch"
+
+
+def test_custom_tools_reach_a_claude_target_as_functions_and_come_back_as_custom_calls(a, claude):
+    """Codex's free-form `apply_patch` tool on a non-OpenAI target: a function with one `input`
+    string (the grammar in its description), answered as a `custom_tool_call` item, streamed with
+    the custom-tool input events, and continued with `custom_tool_call_output`."""
+    claude.reply_tool_use("apply_patch", {"input": PATCH}, id="toolu_9")
+    first = a.responses.create(model="claude-test", input="fix a.py", tools=[APPLY_PATCH, TOOLS[0]],
+                               tool_choice="auto", max_output_tokens=100)
+    call = next(item for item in first.output if item.type == "custom_tool_call")
+    assert (call.name, call.input, call.call_id) == ("apply_patch", PATCH, "toolu_9")
+    sent = {tool["name"]: tool for tool in claude.last_body["tools"]}
+    assert sent["apply_patch"]["input_schema"]["required"] == ["input"]
+    assert "start: begin_patch hunk+ end_patch" in sent["apply_patch"]["description"]
+    assert "lookup" in sent
+
+    claude.reply_tool_use("apply_patch", {"input": PATCH}, id="toolu_10")
+    with a.responses.stream(model="claude-test", input="fix a.py", tools=[APPLY_PATCH],
+                            tool_choice={"type": "custom", "name": "apply_patch"}, max_output_tokens=100) as stream:
+        events = _events(stream)
+        final = stream.get_final_response()
+    kinds = [event.type for event in events]
+    assert "response.custom_tool_call_input.delta" in kinds and "response.custom_tool_call_input.done" in kinds
+    assert "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta") == PATCH
+    assert final.output[0].type == "custom_tool_call" and final.output[0].input == PATCH
+    assert claude.last_body["tool_choice"] == {"type": "tool", "name": "apply_patch"}
+
+    second = a.responses.create(model="claude-test", tools=[APPLY_PATCH], max_output_tokens=100, input=[
+        {"type": "message", "role": "user", "content": "fix a.py"},
+        call.model_dump(exclude_none=True),
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "Done!"}])
+    assert second.output_text == "Done!"
+    used, result = claude.last_body["messages"][-2]["content"][0], claude.last_body["messages"][-1]["content"][0]
+    assert (used["type"], used["name"], used["input"]) == ("tool_use", "apply_patch", {"input": PATCH})
+    assert (result["type"], result["tool_use_id"]) == ("tool_result", "toolu_9")
+
+
 def test_claude_target_refuses_hosted_tools_and_continues_an_openai_conversation(a, claude, openai_stub):
     with pytest.raises(openai.BadRequestError) as caught:
         a.responses.create(model="claude-test", input="search", tools=[{"type": "web_search"}])

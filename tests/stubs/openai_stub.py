@@ -96,8 +96,11 @@ def _answer(body: dict[str, Any], control: StubControl) -> tuple[str | None, lis
     tools = body.get("tools") or []
     last = messages[-1] if messages else {}
     if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
-        name = tools[0]["function"]["name"]
-        args = json.dumps({"text": _last_user_text(messages)})
+        function = tools[0]["function"]
+        properties = list(((function.get("parameters") or {}).get("properties") or {}))
+        argument = "input" if properties == ["input"] else "text"  # a one-string-argument tool gets its own name
+        name = function["name"]
+        args = json.dumps({argument: _last_user_text(messages)})
         return None, [{"id": "call_stub_1", "type": "function", "function": {"name": name, "arguments": args}}]
     if control.reply is not None:
         return control.reply, None
