@@ -106,6 +106,9 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
 
 
 def _tool_use_block(call: dict[str, Any]) -> dict[str, Any]:
+    if call.get("type", "function") != "function":
+        raise Untranslatable(f"tool call {call.get('id')!r} is a {call.get('type')!r} tool call; "
+                             "an Anthropic target takes function tools only")
     function = call.get("function") or {}
     arguments = function.get("arguments") or "{}"
     try:
@@ -174,8 +177,14 @@ def _translate_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def _translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None:
     if isinstance(choice, str):
         translated = dict(TOOL_CHOICES.get(choice, TOOL_CHOICES["auto"]))
-    elif isinstance(choice, dict) and (choice.get("function") or {}).get("name"):
+    elif isinstance(choice, dict) and choice.get("type", "function") == "function" \
+            and (choice.get("function") or {}).get("name"):
         translated = {"type": "tool", "name": choice["function"]["name"]}
+    elif isinstance(choice, dict) and choice.get("type") == "allowed_tools":  # a subset: the mode is what carries over
+        mode = (choice.get("allowed_tools") or {}).get("mode")
+        translated = dict(TOOL_CHOICES["required" if mode == "required" else "auto"])
+    elif isinstance(choice, dict) and choice.get("type") == "custom":
+        raise Untranslatable("tool_choice of type 'custom' names a custom tool; an Anthropic target takes function tools only")
     elif choice is None and parallel_tool_calls is False:
         translated = {"type": "auto"}
     else:

@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from protocols.api import Api
+from protocols.errors import bad_request
 from protocols.text import estimate_tokens, split_text
 from protocols.usage import UsagePeek, to_usage
 from protocols.openai_common import OpenAIWire
@@ -62,10 +63,18 @@ class FunctionCall(_Wire, kw_only=True):
     arguments: str
 
 
+class CustomCall(_Wire, kw_only=True):
+    name: Annotated[str, Meta(min_length=1)]
+    input: str
+
+
 class ToolCall(_Wire, kw_only=True):
+    """A function call, or a call to a custom (free-form input) tool: `type` says which member is set."""
+
     id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
+    type: Literal["function", "custom"] = "function"
+    function: FunctionCall | None = None
+    custom: CustomCall | None = None
 
 
 class Message(_Wire, kw_only=True):
@@ -84,9 +93,18 @@ class FunctionDef(_Wire, kw_only=True):
     strict: bool | None = None
 
 
+class CustomDef(_Wire, kw_only=True):
+    name: Annotated[str, Meta(min_length=1, max_length=64)]
+    description: str | None = None
+    format: dict[str, Any] | None = None  # {"type": "text"} or {"type": "grammar", "grammar": {...}}
+
+
 class Tool(_Wire, kw_only=True):
-    type: Literal["function"] = "function"
-    function: FunctionDef
+    """A function tool, or a custom tool (free-form text input, e.g. a grammar-constrained patch)."""
+
+    type: Literal["function", "custom"] = "function"
+    function: FunctionDef | None = None
+    custom: CustomDef | None = None
 
 
 class NamedFunction(_Wire, kw_only=True):
@@ -94,8 +112,31 @@ class NamedFunction(_Wire, kw_only=True):
 
 
 class NamedToolChoice(_Wire, kw_only=True):
-    type: Literal["function"] = "function"
-    function: NamedFunction
+    """A named function or custom tool, or `allowed_tools` (a subset, with mode auto/required)."""
+
+    type: Literal["function", "custom", "allowed_tools"] = "function"
+    function: NamedFunction | None = None
+    custom: NamedFunction | None = None
+    allowed_tools: dict[str, Any] | None = None
+
+
+def check_tool_members(view: ChatCompletionRequest) -> None:
+    """Each tool, tool call and named tool choice carries the member its `type` names (the
+    schema above keeps both optional so one struct reads either kind)."""
+    for number, tool in enumerate(view.tools or ()):
+        if getattr(tool, tool.type) is None:
+            raise bad_request(f"Missing required parameter: 'tools[{number}].{tool.type}'.",
+                              param=f"tools[{number}].{tool.type}", code="missing_required_parameter")
+    for number, message in enumerate(view.messages):
+        for position, call in enumerate(message.tool_calls or ()):
+            if getattr(call, call.type) is None:
+                where = f"messages[{number}].tool_calls[{position}].{call.type}"
+                raise bad_request(f"Missing required parameter: '{where}'.", param=where,
+                                  code="missing_required_parameter")
+    choice = view.tool_choice
+    if isinstance(choice, NamedToolChoice) and getattr(choice, choice.type) is None:
+        raise bad_request(f"Missing required parameter: 'tool_choice.{choice.type}'.",
+                          param=f"tool_choice.{choice.type}", code="missing_required_parameter")
 
 
 class JsonSchemaFormat(_Wire, kw_only=True):
@@ -361,6 +402,7 @@ class ChatWire(OpenAIWire):
     def decode(self, raw: bytes) -> Inbound:
         body = decode_json(raw)
         view = convert(body, ChatCompletionRequest)
+        check_tool_members(view)
         options = view.stream_options
         return Inbound(
             api=self.api, body=body, view=view, model=view.model, stream=bool(view.stream),

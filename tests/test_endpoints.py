@@ -184,3 +184,32 @@ def test_difficulty_scored_requests_are_recorded_for_the_router(gw, client):
         time.sleep(0.1)
     assert rows and rows[0]["target"] == "stub-openai" and 0.0 <= rows[0]["score"] <= 1.0
     assert rows[0]["prompt_tokens"] > 0 and rows[0]["completion_tokens"] > 0
+
+
+CUSTOM_TOOL = {"type": "custom", "custom": {"name": "apply_patch", "description": "Apply a patch",
+                                            "format": {"type": "grammar", "grammar": {"syntax": "lark",
+                                                                                      "definition": "start: /.+/"}}}}
+
+
+def test_chat_custom_tools_reach_openai_targets_verbatim_and_are_refused_clearly_elsewhere(client, openai_stub):
+    history = [{"role": "user", "content": "patch a.py"},
+               {"role": "assistant", "content": None,
+                "tool_calls": [{"id": "call_0", "type": "custom", "custom": {"name": "apply_patch", "input": "*** Begin"}}]},
+               {"role": "tool", "tool_call_id": "call_0", "content": "done"},
+               {"role": "user", "content": "now b.py"}]
+    choice = {"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [{"type": "custom", "custom": {"name": "apply_patch"}}]}}
+    completion = client.chat.completions.create(model="gpt-test", messages=history, tools=[CUSTOM_TOOL], tool_choice=choice)
+    call = completion.choices[0].message.tool_calls[0]
+    assert (call.type, call.custom.name, call.custom.input) == ("custom", "apply_patch", "now b.py")
+    sent = openai_stub.control.requests[-1]
+    assert sent["tools"] == [CUSTOM_TOOL] and sent["tool_choice"] == choice and sent["messages"][1] == history[1]
+
+    with pytest.raises(openai.BadRequestError) as caught:  # the member its type names is missing
+        client.chat.completions.create(model="gpt-test", messages=history[:1], tools=[{"type": "custom"}])
+    assert caught.value.body["param"] == "tools[0].custom"
+    with pytest.raises(openai.BadRequestError) as caught:  # an Anthropic target takes function tools only
+        client.chat.completions.create(model="claude-only", messages=history[:1], tools=[CUSTOM_TOOL])
+    assert "custom" in caught.value.message
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="claude-only", messages=history, max_tokens=8)
+    assert "custom" in caught.value.message

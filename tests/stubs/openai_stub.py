@@ -96,6 +96,9 @@ def _answer(body: dict[str, Any], control: StubControl) -> tuple[str | None, lis
     tools = body.get("tools") or []
     last = messages[-1] if messages else {}
     if tools and last.get("role") == "user" and body.get("tool_choice") != "none":
+        if tools[0].get("type") == "custom":  # a custom tool is answered with its free-form input
+            custom = {"name": tools[0]["custom"]["name"], "input": _last_user_text(messages)}
+            return None, [{"id": "call_stub_1", "type": "custom", "custom": custom}]
         function = tools[0]["function"]
         properties = list(((function.get("parameters") or {}).get("properties") or {}))
         argument = "input" if properties == ["input"] else "text"  # a one-string-argument tool gets its own name
