@@ -164,6 +164,16 @@ def test_retrieve_delete_and_tenant_isolation(a, b, openai_stub):
         with pytest.raises(openai.NotFoundError):
             attempt()
     assert a.responses.retrieve(created.id).id == created.id, "b's delete did nothing"
+    events = _events(a.responses.retrieve(created.id, stream=True))  # the stored answer as its event stream
+    assert events[0].type == "response.created" and events[-1].type == "response.completed"
+    assert events[-1].response.output_text == "echo: mine only" and events[-1].response.id == created.id
+    resumed = list(a.responses.retrieve(created.id, stream=True, starting_after=2))
+    assert [e.sequence_number for e in resumed] == [e.sequence_number for e in events[3:]]
+    with pytest.raises(openai.NotFoundError):
+        list(b.responses.retrieve(created.id, stream=True))
+    bad = httpx.get(f"{a.base_url}responses/{created.id}", params={"stream": "maybe"},
+                    headers={"authorization": f"Bearer {KEY_A}"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "stream"
     reference = [{"type": "item_reference", "id": created.output[0].id}, {"role": "user", "content": "again"}]
     with pytest.raises(openai.NotFoundError):
         b.responses.create(model="gpt-test", input=reference)

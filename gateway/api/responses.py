@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 from litestar import Request, Response, delete, get, post
 
 from gateway.auth import Principal
@@ -32,9 +33,25 @@ def _context(request: Request) -> tuple[Gateway, Principal, ResponseStore]:
 
 @get("/v1/responses/{response_id:str}")
 async def retrieve_response(request: Request, response_id: str) -> Response:
+    """The stored response; with `?stream=true` its whole event sequence as server-sent events
+    (a stored response is finished, so the replay is what a live stream sent), from the event
+    after `starting_after` when given (a client resuming a cut stream)."""
     _, principal, store = _context(request)
+    query = request.query_params
+    stream = (query.get("stream") or "false").lower()
+    if stream not in ("true", "false"):
+        raise bad_request("stream must be 'true' or 'false'.", param="stream")
+    after = query.get("starting_after")
+    try:
+        starting_after = int(after) if after is not None else -1
+    except ValueError:
+        raise bad_request("starting_after must be an integer.", param="starting_after") from None
     record = await store.load(principal.tenant, response_id)
-    return Response(record["response"], media_type=_JSON)
+    if stream == "false":
+        return Response(record["response"], media_type=_JSON)
+    frames = [WIRE.frame(payload) for payload in WIRE.replay(msgspec.json.encode(record["response"]), True)
+              if msgspec.json.decode(payload)["sequence_number"] > starting_after]
+    return Response(b"".join(frames), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
 @delete("/v1/responses/{response_id:str}", status_code=200)
