@@ -650,7 +650,7 @@ def private_redis():
 
 
 def budgets_on(server: RedisServer, **kw) -> RedisBudgets:
-    client = aioredis.Redis(port=server.port, socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0))
+    client = aioredis.Redis(host="127.0.0.1", port=server.port, socket_timeout=0.3, socket_connect_timeout=0.3, retry=Retry(NoBackoff(), 0))
     return RedisBudgets(client, prefix="t:", health=StoreHealth(client.ping, probe_timeout=0.3, interval=0.2), **kw)
 
 
