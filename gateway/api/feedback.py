@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 import msgspec
 from litestar import Request, Response, get, post
+from litestar.params import FromQuery
 from msgspec import Meta
 
 from gateway.errors import GatewayError
@@ -63,7 +64,8 @@ async def submit_feedback(request: Request) -> dict:
 
 
 @get("/admin/router/export")
-async def export_decisions(request: Request, tenant: str | None = None, labelled: bool = True) -> Response:
+async def export_decisions(request: Request, tenant: FromQuery[str | None] = None,
+                           labelled: FromQuery[bool] = True) -> Response:
     """JSON lines: one decision per line (with its feedback, model input and both shadow scores)."""
     request.app.state.gateway.runtime.keyring.require_admin(request.headers)
     rows = await _store(request).export(tenant=tenant, labelled_only=labelled)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, Response, get
+from litestar.params import FromPath
 
 from gateway.pipeline import Gateway
 
@@ -14,7 +15,7 @@ async def list_models(request: Request) -> dict:
 
 
 @get("/v1/models/{model:path}")
-async def retrieve_model(request: Request, model: str) -> dict:
+async def retrieve_model(request: Request, model: FromPath[str]) -> dict:
     gateway: Gateway = request.app.state.gateway
     return gateway.retrieve_model(model.lstrip("/"), request.headers)
 

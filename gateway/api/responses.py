@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 from litestar import Request, Response, delete, get, post
+from litestar.params import FromPath
 
 from gateway.auth import Principal
 from gateway.pipeline import Gateway, new_request_id
@@ -32,7 +33,7 @@ def _context(request: Request) -> tuple[Gateway, Principal, ResponseStore]:
 
 
 @get("/v1/responses/{response_id:str}")
-async def retrieve_response(request: Request, response_id: str) -> Response:
+async def retrieve_response(request: Request, response_id: FromPath[str]) -> Response:
     """The stored response; with `?stream=true` its whole event sequence as server-sent events
     (a stored response is finished, so the replay is what a live stream sent), from the event
     after `starting_after` when given (a client resuming a cut stream)."""
@@ -55,14 +56,14 @@ async def retrieve_response(request: Request, response_id: str) -> Response:
 
 
 @delete("/v1/responses/{response_id:str}", status_code=200)
-async def delete_response(request: Request, response_id: str) -> Response:
+async def delete_response(request: Request, response_id: FromPath[str]) -> Response:
     _, principal, store = _context(request)
     await store.delete(principal.tenant, response_id)
     return Response({"id": response_id, "object": "response", "deleted": True}, media_type=_JSON)
 
 
 @get("/v1/responses/{response_id:str}/input_items")
-async def list_input_items(request: Request, response_id: str) -> Response:
+async def list_input_items(request: Request, response_id: FromPath[str]) -> Response:
     _, principal, store = _context(request)
     query = request.query_params
     order = query.get("order") or "desc"

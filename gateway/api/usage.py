@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from litestar import Request, get
+from litestar.params import FromPath
 
 from gateway.budgets import Budgets, BudgetsUnavailable
 from gateway.errors import GatewayError
@@ -29,7 +30,7 @@ async def my_usage(request: Request) -> dict:
 
 
 @get("/admin/tenants/{tenant:str}/usage")
-async def tenant_usage(request: Request, tenant: str) -> dict:
+async def tenant_usage(request: Request, tenant: FromPath[str]) -> dict:
     gateway: Gateway = request.app.state.gateway
     runtime = gateway.runtime
     runtime.keyring.require_admin(request.headers)
