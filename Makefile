@@ -29,7 +29,7 @@ test-deps: setup redis
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || echo "warning: could not install Debian's prometheus; its end-to-end test will be skipped"; }
-	@cd tests/js && [ -d node_modules/openai ] || npm ci --no-audit --no-fund --silent
+	@cd tests/js && [ -d node_modules/@ai-sdk/anthropic ] || npm ci --no-audit --no-fund --silent
 
 redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \

@@ -276,6 +276,25 @@ def test_anthropic_npm_package(gw, stub):
     assert report["notFound"] == {"cls": "NotFoundError", "status": 404}
 
 
+def test_vercel_ai_sdk_anthropic_provider(gw, stub, openai_stub):
+    """The AI SDK's Anthropic provider (ai + @ai-sdk/anthropic): a tool round on an Anthropic target
+    (verbatim), then text and a text stream on an OpenAI target (translated)."""
+    js = Path(__file__).parent / "js"
+    if shutil.which("node") is None or not (js / "node_modules" / "@ai-sdk" / "anthropic").exists():
+        pytest.skip("node or the @ai-sdk/anthropic package is not installed")
+    stub.reply_tool_use("get_weather", {"city": "Paris"})
+    result = subprocess.run(["node", str(js / "anthropic_ai_sdk_check.mjs"), gw.root_url, gw.dev_key,
+                             "claude-sonnet-4-5", "gpt-via-messages"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["toolRanWith"] == "Paris" and report["steps"] == 2 and "sunny in Paris" in report["toolText"]
+    tool_result = stub.last_body["messages"][-1]["content"][0]
+    assert tool_result["type"] == "tool_result" and "sunny in Paris" in json.dumps(tool_result["content"])
+    assert report["text"] == "echo: hello from the ai sdk" and report["streamed"] == "echo: stream from the ai sdk"
+    assert report["usage"]["inputTokens"] > 0 and report["streamUsage"]["outputTokens"] > 0
+    assert openai_stub.control.requests[-1]["stream"] is True
+
+
 def test_cache_reads_and_writes_are_priced_at_their_own_rates():
     from policies.schema import Pricing
     from protocols.anthropic_messages import usage_of
