@@ -53,7 +53,8 @@ def body(text: str) -> dict:
 
 
 def make_scorers(names: list[str], model_path: str | None):
-    from gateway.difficulty import DifficultyScorer, KnnScorer, minilm_embed
+    from cache.embedder import Embedder
+    from gateway.difficulty import DifficultyScorer, KnnScorer
     from gateway.learned_scorer import LearnedScorer
     from gateway.router_model import LearnedModel
 
@@ -61,15 +62,15 @@ def make_scorers(names: list[str], model_path: str | None):
 
     def learned():
         model = LearnedModel.load(model_path) if model_path else LearnedModel.load()
-        # Never the process-wide contextual embedder: it memoises per text, and a memo hit would
-        # make the latency figures (and repeated rounds) meaninglessly fast.
+        # Never the process-wide contextual embedder (here or for knn below): it memoises per text,
+        # and a memo hit would make the latency figures (and repeated rounds) meaninglessly fast.
         static = model.report.get("embedder_kind") == "static"
-        return LearnedScorer(model, embed=StaticEmbedder() if static else minilm_embed(64))
+        return LearnedScorer(model, embed=StaticEmbedder() if static else Embedder(memo_size=0).head_embedder(64))
 
     table = {
         "learned": learned,
         "heuristic": DifficultyScorer,
-        "knn": lambda: DifficultyScorer(knn=KnnScorer(), knn_weight=0.5),
+        "knn": lambda: DifficultyScorer(knn=KnnScorer(embed=Embedder(memo_size=0).head_embedder(64)), knn_weight=0.5),
         "length": lambda: None,
     }
     unknown = [n for n in names if n not in table]
