@@ -20,6 +20,7 @@ from gateway.responses_store import MAX_LIST, ResponseStore
 from protocols.api import Api
 from protocols.errors import bad_request
 from protocols.openai_responses import WIRE
+from protocols.responses_events import replay_events
 from protocols.wire import decode_json
 from providers.base import ProviderError, ProviderRequest, Timeouts
 
@@ -50,8 +51,8 @@ async def retrieve_response(request: Request, response_id: FromPath[str]) -> Res
     record = await store.load(principal.tenant, response_id)
     if stream == "false":
         return Response(record["response"], media_type=_JSON)
-    frames = [WIRE.frame(payload) for payload in WIRE.replay(msgspec.json.encode(record["response"]), True)
-              if msgspec.json.decode(payload)["sequence_number"] > starting_after]
+    frames = [WIRE.frame(msgspec.json.encode(event)) for event in replay_events(record["response"])
+              if event["sequence_number"] > starting_after]
     return Response(b"".join(frames), media_type="text/event-stream", headers={"cache-control": "no-cache"})
 
 
