@@ -124,19 +124,18 @@ def check_tool_members(view: ChatCompletionRequest) -> None:
     """Each tool, tool call and named tool choice carries the member its `type` names (the
     schema above keeps both optional so one struct reads either kind)."""
     for number, tool in enumerate(view.tools or ()):
-        if getattr(tool, tool.type) is None:
-            raise bad_request(f"Missing required parameter: 'tools[{number}].{tool.type}'.",
-                              param=f"tools[{number}].{tool.type}", code="missing_required_parameter")
+        _require_member(tool, f"tools[{number}]")
     for number, message in enumerate(view.messages):
         for position, call in enumerate(message.tool_calls or ()):
-            if getattr(call, call.type) is None:
-                where = f"messages[{number}].tool_calls[{position}].{call.type}"
-                raise bad_request(f"Missing required parameter: '{where}'.", param=where,
-                                  code="missing_required_parameter")
-    choice = view.tool_choice
-    if isinstance(choice, NamedToolChoice) and getattr(choice, choice.type) is None:
-        raise bad_request(f"Missing required parameter: 'tool_choice.{choice.type}'.",
-                          param=f"tool_choice.{choice.type}", code="missing_required_parameter")
+            _require_member(call, f"messages[{number}].tool_calls[{position}]")
+    if isinstance(view.tool_choice, NamedToolChoice):
+        _require_member(view.tool_choice, "tool_choice")
+
+
+def _require_member(tagged: Tool | ToolCall | NamedToolChoice, where: str) -> None:
+    if getattr(tagged, tagged.type) is None:
+        param = f"{where}.{tagged.type}"
+        raise bad_request(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
 
 
 class JsonSchemaFormat(_Wire, kw_only=True):

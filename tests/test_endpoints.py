@@ -207,6 +207,14 @@ def test_chat_custom_tools_reach_openai_targets_verbatim_and_are_refused_clearly
     with pytest.raises(openai.BadRequestError) as caught:  # the member its type names is missing
         client.chat.completions.create(model="gpt-test", messages=history[:1], tools=[{"type": "custom"}])
     assert caught.value.body["param"] == "tools[0].custom"
+    broken_call = [history[0], {"role": "assistant", "content": None, "tool_calls": [{"id": "call_0", "type": "custom"}]}]
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-test", messages=broken_call)
+    assert caught.value.body["param"] == "messages[1].tool_calls[0].custom"
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model="gpt-test", messages=history[:1], tools=[CUSTOM_TOOL],
+                                       tool_choice={"type": "allowed_tools"})
+    assert caught.value.body["param"] == "tool_choice.allowed_tools"
     with pytest.raises(openai.BadRequestError) as caught:  # an Anthropic target takes function tools only
         client.chat.completions.create(model="claude-only", messages=history[:1], tools=[CUSTOM_TOOL])
     assert "custom" in caught.value.message
