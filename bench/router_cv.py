@@ -15,7 +15,6 @@ dependency of sentence-transformers) provides the non-linear models. Prints JSON
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -31,9 +30,9 @@ import numpy as np  # noqa: E402
 from gateway.difficulty import FEATURES  # noqa: E402
 from gateway.router_corpus import load_labelled  # noqa: E402
 from gateway.router_model import fit_logistic, roc_auc, threshold_for_recall  # noqa: E402
-from gateway.router_train import CONFIDENCE_WEIGHT, featurize  # noqa: E402
+from gateway.router_train import CONFIDENCE_WEIGHT, CV_FOLDS, featurize, fold_of  # noqa: E402
 
-FOLDS = 5
+FOLDS = CV_FOLDS  # the training command's folds (`fold_of`: by id hash)
 
 
 def share_at(scores: np.ndarray, hard: np.ndarray, recall: float) -> float:
@@ -65,10 +64,13 @@ def logistic(l2: float):
     return fit_predict
 
 
-def sklearn_model(make):
+def sklearn_model(make, weighted: bool = True):
     def fit_predict(x, y, w, held):
         model = make()
-        model.fit(x, y, sample_weight=w)
+        if weighted:
+            model.fit(x, y, sample_weight=w)
+        else:
+            model.fit(x, y)
         return model.predict_proba(held)[:, 1] if hasattr(model, "predict_proba") else model.decision_function(held)
     return fit_predict
 
@@ -85,7 +87,7 @@ def main() -> int:
     texts = [i.text for i in items]
     y = np.array([float(i.hard) for i in items])
     w = np.array([CONFIDENCE_WEIGHT[i.confidence] for i in items])
-    folds = np.array([int(hashlib.sha256(f"cv:{i.id}".encode()).hexdigest()[:8], 16) % FOLDS for i in items])
+    folds = np.array([fold_of(i.id) for i in items])
     static, raws = featurize(texts, StaticEmbedder())
     feats = np.array([[r[f] for f in FEATURES] for r in raws])
     views = {"static+features": np.hstack([static, feats])}
@@ -105,18 +107,15 @@ def main() -> int:
         from sklearn.neural_network import MLPClassifier
         from sklearn.svm import SVC
 
-        x = views[list(views)[-1]]
-        scorers[f"gradient boosting over {list(views)[-1]}"] = summary(out_of_fold(sklearn_model(
+        widest = list(views)[-1]
+        x = views[widest]
+        scorers[f"gradient boosting over {widest}"] = summary(out_of_fold(sklearn_model(
             lambda: HistGradientBoostingClassifier(max_iter=200, learning_rate=0.05, random_state=0)), x, y, w, folds), y)
-        scorers[f"SVM (RBF, C=3) over {list(views)[-1]}"] = summary(out_of_fold(sklearn_model(
+        scorers[f"SVM (RBF, C=3) over {widest}"] = summary(out_of_fold(sklearn_model(
             lambda: SVC(C=3.0, kernel="rbf")), x, y, w, folds), y)
-        # MLPClassifier takes no sample weights: unweighted
-        mlp = lambda: MLPClassifier((64,), alpha=1.0, max_iter=500, random_state=0)  # noqa: E731
-        out = np.zeros(len(y))
-        for k in range(FOLDS):
-            train, held = folds != k, folds == k
-            out[held] = mlp().fit(x[train], y[train]).predict_proba(x[held])[:, 1]
-        scorers[f"MLP (64 hidden) over {list(views)[-1]}"] = summary(out, y)
+        scorers[f"MLP (64 hidden, unweighted: it takes no sample weights) over {widest}"] = summary(out_of_fold(
+            sklearn_model(lambda: MLPClassifier((64,), alpha=1.0, max_iter=500, random_state=0), weighted=False),
+            x, y, w, folds), y)
 
     shipped = views["static+features"]
     curve = {f"{fraction:g}": summary(out_of_fold(logistic(0.1), shipped, y, w, folds, fraction), y)

@@ -121,14 +121,14 @@ def _matrix(rows: Sequence[Row], features: Sequence[str]) -> tuple[np.ndarray, n
     return x, np.array([r.y for r in rows]), np.array([r.weight for r in rows])
 
 
-def _fold(key: str) -> int:
+def fold_of(key: str) -> int:
     return int(hashlib.sha256(f"fold:{key}".encode()).hexdigest()[:8], 16) % CV_FOLDS
 
 
 def choose_l2(rows: Sequence[Row], features: Sequence[str], grid: Sequence[float] = L2_GRID) -> tuple[float, dict]:
     """Cross-validated AUC on the training rows for each strength; the best wins (ties: stronger)."""
     x, y, w = _matrix(rows, features)
-    folds = np.array([_fold(r.key) for r in rows])
+    folds = np.array([fold_of(r.key) for r in rows])
     results: dict[str, float] = {}
     for l2 in grid:
         aucs = []
