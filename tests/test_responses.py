@@ -174,6 +174,9 @@ def test_retrieve_delete_and_tenant_isolation(a, b, openai_stub):
     bad = httpx.get(f"{a.base_url}responses/{created.id}", params={"stream": "maybe"},
                     headers={"authorization": f"Bearer {KEY_A}"})
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "stream"
+    bad = httpx.get(f"{a.base_url}responses/{created.id}", params={"stream": "true", "starting_after": "x"},
+                    headers={"authorization": f"Bearer {KEY_A}"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "starting_after"
     reference = [{"type": "item_reference", "id": created.output[0].id}, {"role": "user", "content": "again"}]
     with pytest.raises(openai.NotFoundError):
         b.responses.create(model="gpt-test", input=reference)
