@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from cache.embedder import Embedder  # noqa: E402
-from gateway.difficulty import DEFAULT_EXAMPLES, DifficultyScorer, KnnScorer  # noqa: E402
+from gateway.routing.scorer import DEFAULT_EXAMPLES, DifficultyScorer, KnnScorer  # noqa: E402
 
 EASY = [
     "hi", "Thanks!", "What is the capital of {c}?", "Translate '{w}' into {l}.", "Who wrote {b}?",
@@ -180,15 +180,15 @@ def main() -> None:
     if not args.no_learned:
         import torch
 
-        from gateway.learned_scorer import LearnedScorer
-        from gateway.router_model import LearnedModel
+        from gateway.routing.learned import LearnedScorer
+        from gateway.routing.model import LearnedModel
 
         if args.torch_threads:
             torch.set_num_threads(args.torch_threads)
         # The model's own embedder, without any per-text memo: every request pays in full.
         model = LearnedModel.load()
         if model.report.get("embedder_kind") == "static":
-            from gateway.static_embed import StaticEmbedder
+            from gateway.routing.static_embed import StaticEmbedder
 
             embed = StaticEmbedder()
         else:

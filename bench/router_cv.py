@@ -1,6 +1,6 @@
 """Which scorer families could rank the router's corpus better? Cross-validated, never on test.
 
-Five folds (by id hash) over the train + calibration splits of `gateway/router_data`; the test
+Five folds (by id hash) over the train + calibration splits of `gateway/routing/data`; the test
 split is not read. For each scorer: ROC AUC and the frontier share needed to keep 90 / 95 % of
 hard prompts, over the out-of-fold scores. Then, for the shipped shape (logistic regression over
 static MiniLM vectors + the heuristic features): a learning curve (share of the training folds
@@ -27,10 +27,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from gateway.difficulty import FEATURES  # noqa: E402
-from gateway.router_corpus import load_labelled  # noqa: E402
-from gateway.router_model import fit_logistic, roc_auc, threshold_for_recall  # noqa: E402
-from gateway.router_train import CONFIDENCE_WEIGHT, CV_FOLDS, featurize, fold_of  # noqa: E402
+from gateway.routing.features import FEATURES  # noqa: E402
+from gateway.routing.corpus import load_labelled  # noqa: E402
+from gateway.routing.model import fit_logistic, roc_auc, threshold_for_recall  # noqa: E402
+from gateway.routing.train import CONFIDENCE_WEIGHT, CV_FOLDS, featurize, fold_of  # noqa: E402
 
 FOLDS = CV_FOLDS  # the training command's folds (`fold_of`: by id hash)
 
@@ -81,7 +81,7 @@ def main() -> int:
     ap.add_argument("--no-sklearn", action="store_true")
     args = ap.parse_args()
 
-    from gateway.static_embed import StaticEmbedder
+    from gateway.routing.static_embed import StaticEmbedder
 
     items = [i for i in load_labelled() if i.split in ("train", "calibration")]
     texts = [i.text for i in items]

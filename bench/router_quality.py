@@ -1,6 +1,6 @@
 """How well does the difficulty router rank, what would it save, and what does it cost per request?
 
-On the project's labelled test split (gateway/router_data; provenance in PROVENANCE.md), side by
+On the project's labelled test split (gateway/routing/data; provenance in PROVENANCE.md), side by
 side for each scorer (learned = the shipped model, heuristic = the cheap features, length = log
 prompt length, knn = the legacy heuristic + kNN blend):
 
@@ -37,8 +37,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import numpy as np  # noqa: E402
 
-from gateway.router_corpus import DATA_DIR, load_labelled  # noqa: E402
-from gateway.router_model import (  # noqa: E402
+from gateway.routing.corpus import DATA_DIR, load_labelled  # noqa: E402
+from gateway.routing.model import (  # noqa: E402
     bootstrap_auc,
     operating_point,
     roc_auc,
@@ -54,11 +54,11 @@ def body(text: str) -> dict:
 
 def make_scorers(names: list[str], model_path: str | None):
     from cache.embedder import Embedder
-    from gateway.difficulty import DifficultyScorer, KnnScorer
-    from gateway.learned_scorer import LearnedScorer
-    from gateway.router_model import LearnedModel
+    from gateway.routing.scorer import DifficultyScorer, KnnScorer
+    from gateway.routing.learned import LearnedScorer
+    from gateway.routing.model import LearnedModel
 
-    from gateway.static_embed import StaticEmbedder
+    from gateway.routing.static_embed import StaticEmbedder
 
     def learned():
         model = LearnedModel.load(model_path) if model_path else LearnedModel.load()

@@ -325,7 +325,7 @@ class Embedder:
         return self._embed_truncated([text], max_tokens)
 
     def head_embedder(self, max_tokens: int = 64) -> Callable[[list[str]], np.ndarray]:
-        """An `embed(texts)` function (e.g. for `gateway.difficulty.KnnScorer`) over `embed_head`."""
+        """An `embed(texts)` function (e.g. for `gateway.routing.knn.KnnScorer`) over `embed_head`."""
 
         def embed(texts: list[str]) -> np.ndarray:
             return self.embed_head(texts, max_tokens)

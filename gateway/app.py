@@ -27,8 +27,8 @@ from gateway.api.autoscale import autoscale_view
 from gateway.autoscale import AutoscaleSampler
 from gateway.api.usage import my_usage, tenant_usage
 from gateway.api.feedback import FEEDBACK_ROUTES
-from gateway.decisions import MemoryDecisionStore, RedisDecisionStore
-from gateway.learned_scorer import warm_scorer
+from gateway.routing.decisions import MemoryDecisionStore, RedisDecisionStore
+from gateway.routing.learned import warm_scorer
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     schema = sub.add_parser("policy-schema", help="print the policy's JSON Schema")
     schema.set_defaults(func=_schema)
 
-    from gateway.router_cli import add_router_commands
+    from gateway.routing.cli import add_router_commands
 
     add_router_commands(sub)
 

@@ -31,7 +31,7 @@ from gateway.auth import KeyRing, Principal
 from gateway.budgets import Budgets, MemoryBudgets, Reservation
 from gateway.breaker import BreakerGate, NoBreakers
 from gateway.caching import Caching, replay
-from gateway.decisions import DecisionStore, record_decision
+from gateway.routing.decisions import DecisionStore, record_decision
 from gateway.executor import Executor
 from gateway.router import Candidate, Plan, Router
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth import Principal
-from gateway.difficulty import Difficulty, DifficultyScorer
+from gateway.routing.scorer import Difficulty, DifficultyScorer
 from gateway.errors import GatewayError
 from policies.schema import CacheSpec, ModelSpec, Policy, RetrySpec, RouteMatch, RouteSpec, TargetSpec, TimeoutSpec
 from protocols.api import Api
@@ -104,8 +104,8 @@ def _merge_timeouts(base: TimeoutSpec, route: RouteSpec | None) -> TimeoutSpec:
 
 
 def build_scorer(policy: Policy) -> DifficultyScorer:
-    """The policy's difficulty scorer: learned by default (gateway/learned_scorer.py)."""
-    from gateway.learned_scorer import build_scorer as from_spec
+    """The policy's difficulty scorer: learned by default (gateway/routing/learned.py)."""
+    from gateway.routing.learned import build_scorer as from_spec
 
     return from_spec(policy.difficulty)
 

@@ -287,7 +287,7 @@ class DifficultySpec(_Spec):
     """How `auto` (and routes matching on difficulty) judge a request.
 
     Default: the learned scorer (MiniLM embedding + heuristic features, logistic regression,
-    shipped in gateway/router_data/model.npz), falling back to the heuristic when embeddings are
+    shipped in gateway/routing/data/model.npz), falling back to the heuristic when embeddings are
     unavailable. `hard_recall` (share of hard prompts that must reach the frontier) or
     `frontier_share` (share of all traffic allowed there) sets the threshold behind
     `match: {difficulty: {hard: true}}`; at most one of them (neither: hard_recall 0.95).

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from gateway.difficulty import (
+from gateway.routing.scorer import (
     DEFAULT_EXAMPLES,
     FEATURES,
     Difficulty,

@@ -17,9 +17,9 @@ from litestar.testing import TestClient
 
 from gateway.app import create_app
 from gateway.auth import hash_key
-from gateway.decisions import MemoryDecisionStore, RedisDecisionStore, decision_row, record_decision, training_rows
-from gateway.difficulty import Difficulty
-from gateway.router_train import rows_from_feedback
+from gateway.routing.decisions import MemoryDecisionStore, RedisDecisionStore, decision_row, record_decision, training_rows
+from gateway.routing.scorer import Difficulty
+from gateway.routing.train import rows_from_feedback
 from gateway.settings import Settings
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess

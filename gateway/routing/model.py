@@ -26,9 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.difficulty import FEATURES
+from gateway.routing.features import FEATURES
 
-DEFAULT_MODEL = Path(__file__).with_name("router_data") / "model.npz"
+DEFAULT_MODEL = Path(__file__).with_name("data") / "model.npz"
 FORMAT = 1
 
 

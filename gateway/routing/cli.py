@@ -1,6 +1,6 @@
 """`hybrid-gateway router ...`: train the learned difficulty model and inspect what a policy gets.
 
-    hybrid-gateway router train [--out gateway/router_data/model.npz] [--feedback FILE ...]
+    hybrid-gateway router train [--out gateway/routing/data/model.npz] [--feedback FILE ...]
     hybrid-gateway router info [--model PATH] [--policy P] [--hard-recall R | --frontier-share S]
 """
 
@@ -13,11 +13,11 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gateway.difficulty import minilm_embed
-    from gateway.router_model import DEFAULT_MODEL
-    from gateway.router_train import read_feedback, report_markdown, rows_from_feedback, train
-    from gateway.static_embed import NAME as STATIC_NAME
-    from gateway.static_embed import StaticEmbedder
+    from gateway.routing.knn import minilm_embed
+    from gateway.routing.model import DEFAULT_MODEL
+    from gateway.routing.train import read_feedback, report_markdown, rows_from_feedback, train
+    from gateway.routing.static_embed import NAME as STATIC_NAME
+    from gateway.routing.static_embed import StaticEmbedder
 
     if args.embedder == "static":
         embed, name = StaticEmbedder(), STATIC_NAME
@@ -41,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from gateway.router_model import LearnedModel, ModelError
+    from gateway.routing.model import LearnedModel, ModelError
 
     model_path = args.model
     asked: dict = {}
@@ -78,7 +78,7 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     router = sub.add_parser("router", help="the learned difficulty router: train, inspect")
     router_sub = router.add_subparsers(dest="router_command", required=True)
     train = router_sub.add_parser("train", help="fit the model on the shipped corpus (+ production feedback)")
-    train.add_argument("--out", help="model file (default: the shipped gateway/router_data/model.npz)")
+    train.add_argument("--out", help="model file (default: the shipped gateway/routing/data/model.npz)")
     train.add_argument("--feedback", action="append",
                        help="JSONL of labelled decisions (GET /admin/router/export) or {text, label|score} rows")
     train.add_argument("--feedback-weight", type=float, default=1.0, help="weight of a feedback row vs a corpus row")

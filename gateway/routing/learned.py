@@ -1,4 +1,4 @@
-"""The default difficulty scorer: the learned model (`gateway/router_model.py`) at request time.
+"""The default difficulty scorer: the learned model (`gateway/routing/model.py`) at request time.
 
 Same interface as `DifficultyScorer` (`score`, `ascore`, `score_heuristic`, `features`), so the
 router does not care which one a policy chose. Why it keeps a heuristic scorer inside: the
@@ -9,7 +9,7 @@ failure is logged once and the scorer stays on the fallback; the header says so
 (`heuristic(fallback)`).
 
 The embedder is the one the model was trained with (`embedder_for`): by default static MiniLM
-word-piece means (`gateway/static_embed.py`, ~0.3 ms, one 45 MB table per process); a model
+word-piece means (`gateway/routing/static_embed.py`, ~0.3 ms, one 45 MB table per process); a model
 trained with `--embedder minilm` uses the process-wide contextual MiniLM it shares with the
 semantic cache (`shared_embed`).
 """
@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.difficulty import _KNN_CHARS, Difficulty, DifficultyScorer, minilm_embed
-from gateway.router_model import Calibration, LearnedModel, sigmoid
+from gateway.routing.knn import _KNN_CHARS, minilm_embed
+from gateway.routing.scorer import Difficulty, DifficultyScorer
+from gateway.routing.model import Calibration, LearnedModel, sigmoid
 
 log = logging.getLogger("gateway.difficulty")
 
@@ -50,7 +51,7 @@ def embedder_for(model: LearnedModel) -> Embed:
     """The embedder a model was trained with (its report says which): static word-piece means by
     default, the contextual MiniLM for models trained with `--embedder minilm`."""
     if model.report.get("embedder_kind", "minilm") == "static":
-        from gateway.static_embed import shared_static
+        from gateway.routing.static_embed import shared_static
 
         return shared_static()
     return shared_embed()
@@ -147,7 +148,7 @@ DEFAULT_HARD_RECALL = 0.95
 
 
 def _heuristic_scorer(spec: Any) -> DifficultyScorer:
-    from gateway.difficulty import DifficultyWeights
+    from gateway.routing.features import DifficultyWeights
 
     overrides = {name: getattr(spec.weights, name) for name in spec.weights.__struct_fields__
                  if getattr(spec.weights, name) is not None}
@@ -155,7 +156,7 @@ def _heuristic_scorer(spec: Any) -> DifficultyScorer:
 
 
 def _shadow_scorer(shadow: Any, heuristic: DifficultyScorer) -> Any:
-    from gateway.router_model import load_cached
+    from gateway.routing.model import load_cached
 
     if shadow.scorer == "heuristic":
         return heuristic
@@ -169,8 +170,8 @@ def build_scorer(spec: Any) -> Any:
     reload, never a silent fallback); the shipped default falling to the heuristic only happens if
     the package data is missing, and is logged.
     """
-    from gateway.difficulty import KnnScorer
-    from gateway.router_model import ModelError, load_cached
+    from gateway.routing.knn import KnnScorer
+    from gateway.routing.model import ModelError, load_cached
 
     heuristic = _heuristic_scorer(spec)
     if spec.knn:  # the legacy heuristic + kNN blend

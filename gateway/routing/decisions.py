@@ -40,7 +40,7 @@ def decode_vector(text: str) -> list[float]:
 
 def decision_row(*, request_id: str, tenant: str, difficulty: Any, route: str | None, target: str | None,
                  prompt_tokens: int, completion_tokens: int, cost_usd: float, now: float | None = None) -> dict:
-    """The JSON-able record of one settled request (difficulty: a `gateway.difficulty.Difficulty`)."""
+    """The JSON-able record of one settled request (difficulty: a `gateway.routing.scorer.Difficulty`)."""
     row: dict[str, Any] = {
         "request_id": request_id, "tenant": tenant, "ts": round(now if now is not None else time.time(), 3),
         "route": route, "target": target, "prompt_tokens": int(prompt_tokens),
@@ -193,7 +193,7 @@ async def record_decision(store: DecisionStore | None, **fields: Any) -> None:
 
 
 def training_rows(exported: list[dict]) -> list[dict]:
-    """Exported decisions with feedback → rows for `router_train.rows_from_feedback`."""
+    """Exported decisions with feedback → rows for `gateway.routing.train.rows_from_feedback`."""
     rows = []
     for row in exported:
         fb = row.get("feedback") or {}

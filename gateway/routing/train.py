@@ -23,9 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from gateway.difficulty import FEATURES, DifficultyScorer
-from gateway.router_corpus import LABELS, PROMPTS, Labelled, load_labelled
-from gateway.router_model import LearnedModel, fit_logistic, operating_point, roc_auc, threshold_for_recall
+from gateway.routing.features import FEATURES
+from gateway.routing.scorer import DifficultyScorer
+from gateway.routing.corpus import LABELS, PROMPTS, Labelled, load_labelled
+from gateway.routing.model import LearnedModel, fit_logistic, operating_point, roc_auc, threshold_for_recall
 
 Embed = Callable[[list[str]], np.ndarray]
 
@@ -66,7 +67,7 @@ def featurize(texts: Sequence[str], embed: Embed) -> tuple[np.ndarray, list[dict
 
 def embed_input(text: str) -> str:
     """The part of a prompt that is embedded: its head (the task is stated in the first lines)."""
-    from gateway.difficulty import _KNN_CHARS
+    from gateway.routing.knn import _KNN_CHARS
 
     return text[:_KNN_CHARS] if text.strip() else " "
 
