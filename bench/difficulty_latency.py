@@ -28,6 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from cache.embedder import Embedder  # noqa: E402
+from gateway.routing.features import ask_of  # noqa: E402
 from gateway.routing.scorer import DEFAULT_EXAMPLES, DifficultyScorer, KnnScorer  # noqa: E402
 
 EASY = [
@@ -116,7 +117,7 @@ def main() -> None:
     bodies = make_bodies(args.prompts)
     heuristic = DifficultyScorer()
     for body in bodies[:50]:
-        heuristic.score(body)  # warm the regex caches
+        heuristic.score(*ask_of(body))  # warm the regex caches
     # Wall time is what a request pays; CPU time (this thread) excludes preemption by other
     # processes, which dominates the tail on a shared, oversubscribed host.
     h_samples: list[float] = []
@@ -125,10 +126,10 @@ def main() -> None:
         for body in bodies:
             c0 = time.thread_time()
             t0 = time.perf_counter()
-            heuristic.score(body)
+            heuristic.score(*ask_of(body))
             h_samples.append(time.perf_counter() - t0)
             h_cpu.append(time.thread_time() - c0)
-    scores = [heuristic.score(b).score for b in bodies]
+    scores = [heuristic.score(*ask_of(b)).score for b in bodies]
     result: dict = {
         "bench": "difficulty_latency",
         "python": platform.python_version(),
@@ -154,7 +155,7 @@ def main() -> None:
         load_s = time.perf_counter() - t0
         blended = DifficultyScorer(knn=knn)
         for body in bodies[:20]:
-            blended.score(body)  # warm-up
+            blended.score(*ask_of(body))  # warm-up
         if not args.no_gc_freeze:
             # Like the gateway after startup: the long-lived objects of torch/transformers leave
             # the collector's generations, so a full collection does not land inside a request.
@@ -166,7 +167,7 @@ def main() -> None:
             for body in bodies:
                 c0 = time.process_time()  # torch may use several threads: whole-process CPU
                 t0 = time.perf_counter()
-                blended.score(body)
+                blended.score(*ask_of(body))
                 e_samples.append(time.perf_counter() - t0)
                 e_cpu.append(time.process_time() - c0)
         result["embedding"] = percentiles(e_samples)
@@ -195,7 +196,7 @@ def main() -> None:
             embed = Embedder(memo_size=0).head_embedder(64)
         learned = LearnedScorer(model, embed=embed)
         for body in bodies[:20]:
-            learned.score(body)  # warm-up: model load, first allocations
+            learned.score(*ask_of(body))  # warm-up: model load, first allocations
         if not args.no_gc_freeze:
             gc.collect()
             gc.freeze()
@@ -205,7 +206,7 @@ def main() -> None:
             for body in bodies:
                 c0 = time.process_time()
                 t0 = time.perf_counter()
-                learned.score(body)
+                learned.score(*ask_of(body))
                 l_samples.append(time.perf_counter() - t0)
                 l_cpu.append(time.process_time() - c0)
         result["learned"] = percentiles(l_samples)

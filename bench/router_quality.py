@@ -48,10 +48,6 @@ from gateway.routing.model import (  # noqa: E402
 RECALLS = (0.90, 0.95, 0.99)
 
 
-def body(text: str) -> dict:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
 def make_scorers(names: list[str], model_path: str | None):
     from cache.embedder import Embedder
     from gateway.routing.scorer import DifficultyScorer, KnnScorer
@@ -82,19 +78,19 @@ def make_scorers(names: list[str], model_path: str | None):
 def score_all(scorer, texts: list[str]) -> np.ndarray:
     if scorer is None:  # prompt length alone
         return np.array([math.log(1 + len(t)) for t in texts])
-    return np.array([scorer.score(body(t)).score for t in texts])
+    return np.array([scorer.score(t).score for t in texts])
 
 
 def latency_ms(scorer, texts: list[str], rounds: int) -> dict:
     if scorer is None:
         return {"p50_ms": 0.0, "p99_ms": 0.0, "n": 0}
     for t in texts[:20]:
-        scorer.score(body(t))  # warm-up (model load, first allocations)
+        scorer.score(t)  # warm-up (model load, first allocations)
     samples = []
     for _ in range(rounds):
         for t in texts:
             started = time.perf_counter()
-            scorer.score(body(t))
+            scorer.score(t)
             samples.append((time.perf_counter() - started) * 1000)
     samples.sort()
     return {"p50_ms": round(statistics.median(samples), 3),

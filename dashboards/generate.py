@@ -212,6 +212,18 @@ def cost_dashboard() -> dash.Dashboard:
                          q(f'sum(rate(gateway_cache_requests_total{{{SEL}, outcome="hit"}}[{RI}]))'
                            f" / sum(rate(gateway_cache_requests_total{{{SEL}}}[{RI}]))", "hit ratio")],
                         "short", w=8))
+    d = d.with_row(dash.Row("Routing savings"))
+    d = d.with_panel(st("Routing savings in range",
+                        "USD not spent because difficulty routing sent requests to a cheaper tier than the frontier "
+                        "(the priciest difficulty-routed target), over the dashboard's time range.",
+                        'sum(increase(gateway_routing_saved_usd_total{tenant=~"$tenant"}[$__range]))',
+                        "currencyUSD", decimals=2))
+    d = d.with_panel(ts("Routing savings by tenant",
+                        "USD per hour avoided by difficulty routing, per tenant: what each routed request would have "
+                        "cost on the frontier at the policy's prices, minus what it cost "
+                        "(`hybrid-gateway router report` breaks it down by route and tier).",
+                        [q(f'sum by (tenant) (rate(gateway_routing_saved_usd_total{{tenant=~"$tenant"}}[{RI}])) * 3600',
+                           "{{tenant}}")], "currencyUSD", w=18, stack=True))
     d = d.with_row(dash.Row("Budgets"))
     d = d.with_panel(ts("Budget remaining", "What is left in each tenant's budget window (burn-down).",
                         [q('gateway_budget_remaining{tenant=~"$tenant"}', "{{tenant}} {{window}}")],

@@ -29,6 +29,7 @@ from gateway.api.usage import my_usage, tenant_usage
 from gateway.api.feedback import FEEDBACK_ROUTES
 from gateway.routing.decisions import MemoryDecisionStore, RedisDecisionStore
 from gateway.routing.learned import warm_scorer
+from gateway.routing.sticky import Stickiness
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets
@@ -203,11 +204,14 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # Routing decisions + feedback: the pipeline records every difficulty-scored request.
         app.state.decisions = MemoryDecisionStore() if shared is None else RedisDecisionStore(
             shared.redis, prefix=settings.redis_prefix)
+        # Routing decided once per conversation: its own small LRU here, Redis shared by replicas there.
+        sticky = Stickiness(MemoryStore(max_entries=100_000, max_bytes=32 * 1024 * 1024) if shared is None else store,
+                            ttl=lambda: app.state.gateway.runtime.policy.sticky.ttl_seconds)
         app.state.gateway = Gateway(
             build_runtime(policy, settings, clients),
             Executor(observe=observe, gate=gate.gate),
             wires=WIRES, budgets=budgets, caching=Caching(cache, semantic), telemetry=telemetry, breakers=gate,
-            sessions={Api.RESPONSES: app.state.responses}, decisions=app.state.decisions,
+            sessions={Api.RESPONSES: app.state.responses}, decisions=app.state.decisions, sticky=sticky,
         )
         _spawn(app, _publish_state(app.state.gateway, breakers, telemetry))
         if app.state.gateway.runtime.router.scores_difficulty:

@@ -32,6 +32,8 @@ from gateway.budgets import Budgets, MemoryBudgets, Reservation
 from gateway.breaker import BreakerGate, NoBreakers
 from gateway.caching import Caching, replay
 from gateway.routing.decisions import DecisionStore, record_decision
+from gateway.routing.savings import avoided
+from gateway.routing.sticky import NO_STICKINESS, NoStickiness, Stickiness, moved
 from gateway.executor import Executor
 from gateway.router import Candidate, Plan, Router
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry
@@ -39,6 +41,7 @@ from policies.schema import Policy
 from protocols.anthropic_messages import forwarded_headers
 from protocols.api import Api
 from protocols.errors import GatewayError
+from protocols.turns import turns_of
 from protocols.wire import Inbound, Wire
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
 
@@ -96,11 +99,13 @@ class Gateway:
         breakers: BreakerGate | NoBreakers | None = None,
         sessions: Mapping[Api, Session] | None = None,
         decisions: DecisionStore | None = None,
+        sticky: Stickiness | NoStickiness = NO_STICKINESS,
     ) -> None:
         self.runtime = runtime
         self.wires = dict(wires)
         self.sessions = dict(sessions or {})
         self.decisions = decisions  # routing decisions for analysis and router training (None: not kept)
+        self.sticky = sticky  # routing decided once per conversation (gateway/routing/sticky.py)
         self.executor = executor or Executor()
         self.budgets: Budgets = budgets if budgets is not None else MemoryBudgets()
         self.accounting = Accounting(self.budgets)
@@ -130,8 +135,10 @@ class Gateway:
                 inbound = await self.sessions.get(api, NO_SESSION).resolve(wire.decode(raw), principal.tenant)
                 call.stream = inbound.stream
                 with self.telemetry.stage(call.span, "gateway.route") as span:
+                    turns = turns_of(api, inbound.body)  # what the user asked, in any protocol
                     plan = await runtime.router.plan(inbound.model, principal, inbound.conversation, headers,
-                                                     inbound.prompt_tokens, api)
+                                                     inbound.prompt_tokens, api, turns)
+                    plan = await self.sticky.hold(runtime.router, plan, turns, principal.tenant, api)
                     if plan.difficulty is not None:
                         span.set_attribute("gateway.difficulty", plan.difficulty.score)
                 call.model, call.plan = plan.model, plan
@@ -188,6 +195,8 @@ class Gateway:
             call.headers["x-gateway-route"] = plan.route_name
         if plan.difficulty is not None:
             call.headers["x-gateway-difficulty"] = plan.difficulty.header()
+        if plan.sticky:
+            call.headers["x-gateway-sticky"] = plan.sticky
 
     def _place(self, principal: Principal, inbound: Inbound, plan: Plan, admitted: Admitted) -> str | None:
         """Static-prefix fingerprint: replica placement by the router, and provider-side prompt
@@ -256,11 +265,18 @@ class Gateway:
         )
         self.telemetry.request_done(record)
         self.telemetry.end_request_span(call.span, record, error=error)
-        if call.plan is not None and call.plan.difficulty is not None:  # scored: worth keeping for the router
+        plan = call.plan
+        if plan is not None and candidate is not None and status == 200 and moved(plan, candidate.name):
+            self.accounting.later(self.sticky.served(plan, candidate.name))  # a failover moves the conversation
+        if plan is not None and plan.difficulty is not None:  # scored: worth keeping for the router
             self.accounting.later(record_decision(
-                self.decisions, request_id=call.request_id, tenant=call.tenant, difficulty=call.plan.difficulty,
-                route=call.plan.route_name, target=record.target, prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens, cost_usd=cost))
+                self.decisions, request_id=call.request_id, tenant=call.tenant, difficulty=plan.difficulty,
+                route=plan.route_name, target=record.target, prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens, cost_usd=cost, sticky=plan.sticky))
+            if candidate is not None:
+                frontier = self.runtime.router.frontier_pricing
+                self.telemetry.routing_saved(call.tenant, plan.route_name, avoided(
+                    frontier, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, cost))
 
     async def drain(self, timeout: float = 10.0) -> None:
         """Finish settlements and cache writes still in flight (graceful shutdown)."""

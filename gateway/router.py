@@ -17,11 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.auth import Principal
-from gateway.routing.scorer import Difficulty, DifficultyScorer
 from gateway.errors import GatewayError
+from gateway.routing.features import Conversation
+from gateway.routing.savings import frontier_target
+from gateway.routing.scorer import Difficulty, DifficultyScorer
+from gateway.routing.sticky import Pin, strength
 from policies.schema import CacheSpec, ModelSpec, Policy, RetrySpec, RouteMatch, RouteSpec, TargetSpec, TimeoutSpec
 from protocols.api import Api
 from protocols.translate import Hints
+from protocols.turns import Turns, chat_turns
 from providers.base import Placeable, Provider
 from providers.translated import speaking
 
@@ -53,6 +57,9 @@ class Plan:
     priority: str = "interactive"
     retry: RetrySpec = field(default_factory=RetrySpec)
     cache: CacheSpec = field(default_factory=CacheSpec)
+    # Per conversation (gateway/routing/sticky.py): "" (not sticky), "new", "kept", "escalated".
+    sticky: str = ""
+    thread: str | None = None  # the conversation's sticky key, once the decision is kept
 
     @property
     def route(self) -> str:
@@ -124,6 +131,9 @@ class Router:
         self.scorer = scorer or build_scorer(policy)
         self.rng = rng or random.Random()
         self._difficulty_routes = any(r.match.difficulty is not None for r in policy.routes)
+        self._routes = {route.name: route for route in policy.routes}
+        # What routing saves is priced against this target (gateway/routing/savings.py).
+        self.frontier_pricing = policy.targets[frontier_target(policy)].effective_pricing()
         self._speakers: dict[tuple[str, Api], Provider | None] = {}
         self._aliases: dict[str, str] = {}
         self._patterns: list[tuple[str, str]] = []
@@ -169,8 +179,10 @@ class Router:
             return asked
         return "batch" if principal.spec.tier == "batch" else "interactive"
 
-    async def difficulty(self, body: dict[str, Any]) -> Difficulty:
-        return await self.scorer.ascore(body)  # embeddings (if any) in a worker thread
+    async def difficulty(self, turns: Turns, prompt_tokens: int) -> Difficulty:
+        """The score of what the user asked last, with the conversation's facts around it (never
+        the system prompt or tool schemas: see protocols/turns.py)."""
+        return await self.scorer.ascore(turns.ask, Conversation.of(turns, prompt_tokens))  # embeds in a thread
 
     async def plan(
         self,
@@ -180,22 +192,25 @@ class Router:
         headers: Mapping[str, str],
         prompt_tokens: int,
         api: Api = Api.CHAT,
+        turns: Turns | None = None,
     ) -> Plan:
         """Who should serve this request, in order. Only targets that speak `api` (natively or
-        through a translator) become candidates; none at all is the caller's 400."""
-        plan = await self._plan(self.resolve(requested), principal, body, headers, prompt_tokens, api)
+        through a translator) become candidates; none at all is the caller's 400. `turns`: what
+        the request asks (`protocols.turns.turns_of`); read from the chat-shaped `body` if not given."""
+        turns = turns if turns is not None else chat_turns(body)
+        plan = await self._plan(self.resolve(requested), principal, body, headers, prompt_tokens, api, turns)
         if not plan.candidates:
             raise unsupported_api(requested, api)
         return plan
 
     async def _plan(self, requested: str, principal: Principal, body: dict[str, Any], headers: Mapping[str, str],
-                    prompt_tokens: int, api: Api) -> Plan:
+                    prompt_tokens: int, api: Api, turns: Turns) -> Plan:
         policy = self.policy
         if not self.allowed(principal, requested) or (requested not in policy.models and requested != AUTO):
             raise model_not_found(requested)
         difficulty = None
         if requested == AUTO or self._difficulty_routes:
-            difficulty = await self.difficulty(body)
+            difficulty = await self.difficulty(turns, prompt_tokens)
         priority = self.priority_of(principal, headers)
         for route in policy.routes:
             if self._matches(route.match, requested, principal, body, headers, difficulty, prompt_tokens, priority):
@@ -237,10 +252,13 @@ class Router:
         return True
 
     def _route_plan(self, route: RouteSpec, requested: str, difficulty: Difficulty | None, priority: str,
-                    api: Api) -> Plan:
+                    api: Api, pinned: str | None = None) -> Plan:
         weighted = [w for w in route.targets if w.weight > 0]
-        chosen = self.rng.choices(weighted, weights=[w.weight for w in weighted])[0].target
-        names = [chosen] + [name for name in route.fallbacks if name != chosen]
+        if pinned is None:
+            chosen = self.rng.choices(weighted, weights=[w.weight for w in weighted])[0].target
+            names = [chosen] + [name for name in route.fallbacks if name != chosen]
+        else:  # a conversation's kept target first; the route's own targets stay behind it as fallbacks
+            names = list(dict.fromkeys([pinned, *(w.target for w in weighted), *route.fallbacks]))
         model_name = requested if requested != AUTO else self.policy.default_model
         spec = self.policy.models.get(model_name) if model_name else None
         if spec is None:
@@ -255,6 +273,39 @@ class Router:
             retry=route.retry or self.policy.retry,
             cache=route.cache or spec.cache,
         )
+
+    # -- per conversation ------------------------------------------------------------------------
+
+    def sticky(self, plan: Plan) -> bool:
+        """Whether this plan's decision is kept for the conversation: it came from a route that
+        does not turn stickiness off (a model's plain target list decides the same every time)."""
+        route = self._routes.get(plan.route_name or "")
+        return route is not None and route.sticky and bool(plan.candidates)
+
+    def hold(self, fresh: Plan, pin: Pin | None, tool_loop: bool, api: Api) -> Plan:
+        """The plan for one request of a conversation, given what was decided for it before.
+
+        No earlier decision (or one this policy no longer has): the fresh plan, kept from now on.
+        Otherwise the earlier route and target stay, whatever this request's own score says,
+        except that a new user turn may escalate: when the fresh plan's first target is stronger
+        (priced higher, `sticky.strength`) than the kept one, the fresh plan wins and is kept.
+        Inside a tool loop nothing changes (another model cannot continue a model's own tool
+        calls or signed thinking); a failover still moves it, because the kept target comes first
+        and the route's others stay behind it.
+        """
+        route = self._routes.get(pin.route) if pin is not None else None
+        if pin is None or route is None or not route.sticky or pin.target not in self.policy.targets:
+            fresh.sticky = "new"
+            return fresh
+        if not tool_loop and strength(fresh.candidates[0].spec) > strength(self.policy.targets[pin.target]):
+            fresh.sticky = "escalated"
+            return fresh
+        kept = self._route_plan(route, fresh.model, fresh.difficulty, fresh.priority, api, pinned=pin.target)
+        if not kept.candidates:  # the kept target cannot serve this endpoint: decide afresh
+            fresh.sticky = "new"
+            return fresh
+        kept.sticky = "kept"
+        return kept
 
     def _candidates(self, names, route: RouteSpec | None, api: Api) -> list[Candidate]:
         out = []

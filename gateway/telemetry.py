@@ -25,6 +25,7 @@ What Prometheus sees (dots become underscores, the unit is appended, counters ge
     gateway_errors_total                                      type, model, target
     gateway_cache_requests_total                              tenant, model, outcome (hit|miss|bypass)
     gateway_cache_saved_tokens_total / gateway_cache_saved_usd_total   tenant, model
+    gateway_routing_saved_usd_total                           tenant, route (cost avoided against the frontier)
     gateway_attempts_total                                    target, provider, outcome ("ok" or the error type)
     gateway_attempt_duration_seconds_{...}                    target, provider, outcome
     gateway_failovers_total                                   from_target, to_target ("none": nothing left)
@@ -111,6 +112,8 @@ _COUNTERS = (
     ("gateway.cache.requests", "{request}", "Response-cache lookups by outcome (hit, miss, bypass)."),
     ("gateway.cache.saved_tokens", "{token}", "Tokens not sent upstream thanks to the response cache."),
     ("gateway.cache.saved_usd", "{USD}", "Spend avoided thanks to the response cache."),
+    ("gateway.routing.saved_usd", "{USD}",
+     "Spend avoided by difficulty routing: the frontier's price for each routed request minus what it cost."),
     ("gateway.attempts", "{attempt}", "Upstream attempts by outcome (ok or the error type)."),
     ("gateway.failovers", "{failover}", "Failovers from one target to the next (to_target none: nothing left)."),
     ("gateway.rejections", "{request}", "Requests rejected before reaching an upstream, by reason."),
@@ -364,6 +367,7 @@ class Telemetry:
         self._cache_requests = cells["gateway.cache.requests"]
         self._cache_saved_tokens = cells["gateway.cache.saved_tokens"]
         self._cache_saved_usd = cells["gateway.cache.saved_usd"]
+        self._routing_saved = cells["gateway.routing.saved_usd"]
         self._attempts = cells["gateway.attempts"]
         self._failovers = cells["gateway.failovers"]
         self._rejections = cells["gateway.rejections"]
@@ -386,6 +390,7 @@ class Telemetry:
         self._breaker_sets: dict[str, _Cell] = {}
         self._budget_sets: dict[tuple, _Cell] = {}
         self._reject_sets: dict[tuple, _Cell] = {}
+        self._routing_sets: dict[tuple, _Cell] = {}
         self._reload_sets = {ok: _cell(self._reloads, {"result": "ok" if ok else "error"}) for ok in (True, False)}
         self._free_model = _Bounded()
         self._free_tenant = _Bounded()
@@ -617,6 +622,17 @@ class Telemetry:
                 sets.saved_tokens.value += tokens_saved
                 sets.saved_usd.value += usd_saved
 
+    def routing_saved(self, tenant: str, route: str | None, usd: float) -> None:
+        """Cost avoided by routing one answered request away from the frontier (gateway/routing/savings.py)."""
+        key = (tenant, route)
+        cell = self._routing_sets.get(key)
+        if cell is None:
+            with self._lock:
+                cell = self._routing_sets[key] = _cell(self._routing_saved, {
+                    "tenant": self._free_tenant(_label(tenant, "unknown")), "route": _label(route)})
+        with self._lock:
+            cell.value += usd
+
     def policy_reload(self, ok: bool) -> None:
         cell = self._reload_sets[bool(ok)]
         with self._lock:
@@ -659,4 +675,7 @@ class NullTelemetry:
         pass
 
     def cache_event(self, tenant: str, model: str, outcome: str, tokens_saved: int = 0, usd_saved: float = 0.0) -> None:
+        pass
+
+    def routing_saved(self, tenant: str, route: str | None, usd: float) -> None:
         pass

@@ -260,6 +260,9 @@ class RouteSpec(_Spec):
     timeouts: TimeoutOverride | None = None
     retry: RetrySpec | None = None
     cache: CacheSpec | None = None  # overrides the model's cache block
+    # Keep this route's decision for the whole conversation (its later turns and tool loops);
+    # false: every request of a conversation is decided on its own.
+    sticky: bool = True
 
 
 class DifficultyWeightsSpec(_Spec):
@@ -326,6 +329,13 @@ class BalancerSpec(_Spec):
     deep_check: bool = False
 
 
+class StickySpec(_Spec):
+    """Routing decided once per conversation (`routes[].sticky`): how long a decision is kept
+    after the conversation's last request (memory, or Redis shared by every replica)."""
+
+    ttl_seconds: PosFloat = 3600.0
+
+
 class ResponsesSpec(_Spec):
     """Stored Responses API answers (`store`, OpenAI's default): kept this long in the state
     store (memory, or Redis when configured) for `previous_response_id` and GET /v1/responses/{id}."""
@@ -347,6 +357,7 @@ class Policy(_Spec):
     admin_keys: list[Sha256Hex] = []
     limits: Limits = Limits()
     responses: ResponsesSpec = ResponsesSpec()
+    sticky: StickySpec = StickySpec()
 
     def reference_errors(self) -> list[tuple[str, str]]:
         """Cross-references msgspec cannot check: (JSON path, message) for each dangling name."""

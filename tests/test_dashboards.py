@@ -170,6 +170,7 @@ def _known_metric_names() -> set[str]:
     tel.breaker_state("x", "open")
     tel.budget_remaining("t", "w", 1.0)
     tel.cache_event("t", "m", "hit", 1, 1.0)
+    tel.routing_saved("t", "r", 1.0)
     names = {line.split("{")[0].split(" ")[0] for line in tel.metrics_text()[0].decode().splitlines()
              if line and not line.startswith("#")}
     tel.shutdown()
@@ -268,6 +269,16 @@ E2E_POLICY = """
       managed-only:
         targets: [managed]
         max_tokens: 16
+    default_model: local-test
+    routes:
+      - name: auto-hard
+        match: {{models: [auto], difficulty: {{hard: true}}}}
+        targets: [{{target: local}}]
+        fallbacks: [managed]
+      - name: auto-easy
+        match: {{models: [auto], difficulty: {{hard: false}}}}
+        targets: [{{target: managed}}]
+        fallbacks: [local]
     tenants:
       acme:
         keys: [{acme_hash}]
@@ -334,6 +345,9 @@ def _load(base: str, dev_key: str, acme_key: str, control: StubControl) -> dict[
     control.recover()
     # Back to normal.
     run([lambda i=i: chat("gpt-test", f"recovered {i}", stream=True, temperature=0.7) for i in range(4)])
+    # `auto`: easy asks routed to the cheaper target (the routing-savings panel); the frontier here is
+    # `local`, the pricier one at these test prices.
+    run([lambda i=i: chat("auto", f"hi there {i}", temperature=0.7) for i in range(4)])
     client.close()
     return statuses
 

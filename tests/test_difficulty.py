@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from gateway.routing.features import ask_of
 from gateway.routing.scorer import (
     DEFAULT_EXAMPLES,
     FEATURES,
@@ -50,8 +51,8 @@ def chat(text: str, **extra) -> dict:
 
 def test_easy_scores_below_hard():
     scorer = DifficultyScorer()
-    easy = [scorer.score(chat(p)).score for p in EASY]
-    hard = [scorer.score(chat(p)).score for p in HARD]
+    easy = [scorer.score(*ask_of(chat(p))).score for p in EASY]
+    hard = [scorer.score(*ask_of(chat(p))).score for p in HARD]
     assert max(easy) < 0.2, easy
     assert min(hard) > 0.4, hard
     assert max(easy) < min(hard)
@@ -68,7 +69,7 @@ def test_easy_scores_below_hard():
     ],
 )
 def test_features_explain_the_score(prompt, dominant):
-    d = DifficultyScorer().score(chat(prompt))
+    d = DifficultyScorer().score(*ask_of(chat(prompt)))
     assert set(d.features) == set(FEATURES)
     assert max(d.features, key=d.features.get) == dominant
     # Clipped-linear: below 1, the contributions (plus the zero bias) ARE the score.
@@ -86,43 +87,44 @@ def test_header_format():
 
 def test_weights_change_outcomes():
     prompt = chat(HARD[2])
-    default = DifficultyScorer().score(prompt)
-    no_code = DifficultyScorer(DifficultyWeights(code=0.0)).score(prompt)
+    default = DifficultyScorer().score(*ask_of(prompt))
+    no_code = DifficultyScorer(DifficultyWeights(code=0.0)).score(*ask_of(prompt))
     assert no_code.features["code"] == 0.0
     assert no_code.score < default.score - 0.2
-    biased = DifficultyScorer(DifficultyWeights(bias=0.3)).score(chat("hello"))
+    biased = DifficultyScorer(DifficultyWeights(bias=0.3)).score(*ask_of(chat("hello")))
     assert biased.score == pytest.approx(0.3)
     heavy_len = DifficultyWeights(length=1.0)
     long_doc = chat("Summarize this. " + "The quarterly figures were in line with expectations. " * 200)
-    assert DifficultyScorer(heavy_len).score(long_doc).score > DifficultyScorer().score(long_doc).score + 0.3
-    assert DifficultyScorer(DifficultyWeights(bias=5.0)).score(chat("hi")).score == 1.0  # clipped
+    heavy = DifficultyScorer(heavy_len).score(*ask_of(long_doc)).score
+    assert heavy > DifficultyScorer().score(*ask_of(long_doc)).score + 0.3
+    assert DifficultyScorer(DifficultyWeights(bias=5.0)).score(*ask_of(chat("hi"))).score == 1.0  # clipped
 
 
 def test_turns_tools_and_content_parts():
     scorer = DifficultyScorer()
-    one = scorer.score(chat("What's the weather in Paris?"))
+    one = scorer.score(*ask_of(chat("What's the weather in Paris?")))
     tools = [{"type": "function", "function": {"name": f"f{i}", "parameters": {}}} for i in range(3)]
-    with_tools = scorer.score(chat("What's the weather in Paris?", tools=tools))
+    with_tools = scorer.score(*ask_of(chat("What's the weather in Paris?", tools=tools)))
     assert with_tools.features["tools"] > 0 and with_tools.score > one.score
     long_chat = {"messages": [{"role": "system", "content": "You are helpful."}] + [
         {"role": "user" if i % 2 == 0 else "assistant", "content": "ok"} for i in range(11)
     ]}
-    assert scorer.score(long_chat).features["turns"] == pytest.approx(DifficultyWeights().turns)
+    assert scorer.score(*ask_of(long_chat)).features["turns"] == pytest.approx(DifficultyWeights().turns)
     parts = {"messages": [{"role": "user", "content": [
         {"type": "text", "text": "Prove the theorem step by step."},
         {"type": "image_url", "image_url": {"url": "data:..."}},
     ]}]}
-    assert scorer.score(parts).features["math"] > 0
-    assert scorer.score({"messages": []}).score == 0.0
-    assert scorer.score({"messages": [None, {"role": "user", "content": None}]}).score == 0.0
+    assert scorer.score(*ask_of(parts)).features["math"] > 0
+    assert scorer.score(*ask_of({"messages": []})).score == 0.0
+    assert scorer.score(*ask_of({"messages": [None, {"role": "user", "content": None}]})).score == 0.0
 
 
 def test_huge_prompt_is_bounded():
     scorer = DifficultyScorer()
     big = chat("def f(x):\n    return x + 1\n" * 40_000)  # ~1 MB
-    scorer.score(big)
+    scorer.score(*ask_of(big))
     started = time.perf_counter()
-    d = scorer.score(big)
+    d = scorer.score(*ask_of(big))
     assert time.perf_counter() - started < 0.05
     assert d.features["length"] == pytest.approx(DifficultyWeights().length)
     assert d.features["code"] >= 0.25  # unfenced code dump: code tokens alone
@@ -199,16 +201,16 @@ def test_knn_separates_unseen_paraphrases(knn):
 async def test_blended_score_with_knn(knn):
     scorer = DifficultyScorer(knn=knn, knn_weight=0.5)
     prompt = chat("Architect a fault-tolerant payment processing system spanning three data centers.")
-    d = scorer.score(prompt)
+    d = scorer.score(*ask_of(prompt))
     assert {"heuristic", "knn"} <= set(d.features)
     assert d.score == pytest.approx(0.5 * d.features["heuristic"] + 0.5 * d.features["knn"], abs=1e-3)
     assert d.features["knn"] > 0.7
-    assert d.score > DifficultyScorer().score(prompt).score  # kNN lifts what keywords under-rate
-    a = await scorer.ascore(prompt)
+    assert d.score > DifficultyScorer().score(*ask_of(prompt)).score  # kNN lifts what keywords under-rate
+    a = await scorer.ascore(*ask_of(prompt))
     assert a.score == pytest.approx(d.score, abs=1e-4)
     assert "knn=" in d.header()
-    easy = scorer.score(chat("Which city is the capital of Germany?"))
+    easy = scorer.score(*ask_of(chat("Which city is the capital of Germany?")))
     assert easy.score < 0.15
     # knn_weight=0: kNN is reported but does not move the score.
-    only_h = DifficultyScorer(knn=knn, knn_weight=0.0).score(prompt)
+    only_h = DifficultyScorer(knn=knn, knn_weight=0.0).score(*ask_of(prompt))
     assert only_h.score == pytest.approx(only_h.features["heuristic"])

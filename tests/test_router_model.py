@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from gateway.auth import Principal
+from gateway.routing.features import ask_of
 from gateway.routing.scorer import DifficultyScorer
 from gateway.routing.learned import LearnedScorer, build_scorer
 from gateway.router import Router
@@ -195,7 +196,7 @@ def test_policy_intent_derives_the_threshold():
 
 def test_default_scorer_is_learned_and_explains_itself():
     scorer = build_scorer(DifficultySpec())
-    easy, hard = scorer.score(chat(EASY)), scorer.score(chat(HARD))
+    easy, hard = scorer.score(*ask_of(chat(EASY))), scorer.score(*ask_of(chat(HARD)))
     assert hard.score > easy.score
     assert hard.kind.startswith("learned@") and hard.hard is True and easy.hard is False
     header = hard.header()
@@ -206,7 +207,7 @@ def test_default_scorer_is_learned_and_explains_itself():
     assert 1 / (1 + np.exp(-logit)) == pytest.approx(hard.score, abs=1e-3)
     assert hard.model_input["embedding"].shape == (384,)
     assert isinstance(scorer._embed, StaticEmbedder), "the shipped model's own (static) embedder"
-    a = asyncio.run(scorer.ascore(chat(HARD)))
+    a = asyncio.run(scorer.ascore(*ask_of(chat(HARD))))
     assert a.score == pytest.approx(hard.score, abs=1e-4)
 
 
@@ -219,12 +220,12 @@ def test_heuristic_takes_over_without_embeddings():
 
     scorer = build_scorer(DifficultySpec())
     scorer._embed = broken
-    d = scorer.score(chat(HARD))
-    heuristic = DifficultyScorer().score(chat(HARD))
+    d = scorer.score(*ask_of(chat(HARD)))
+    heuristic = DifficultyScorer().score(*ask_of(chat(HARD)))
     assert d.kind == "heuristic(fallback)" and d.score == heuristic.score
     assert d.hard == (d.score >= scorer.fallback_calibration.threshold)
     assert "heuristic(fallback)" in d.header() and "math=" in d.header()
-    again = asyncio.run(scorer.ascore(chat(EASY)))
+    again = asyncio.run(scorer.ascore(*ask_of(chat(EASY))))
     assert again.kind == "heuristic(fallback)" and len(calls) == 1, "a broken embedder is not retried per request"
 
 
@@ -242,7 +243,7 @@ def test_calibrated_routes_and_shadow_mode():
         plain, shadow = asyncio.run(route(live, text)), asyncio.run(route(shadowed, text))
         assert shadow.route_name == plain.route_name, "the shadow scorer never changes a decision"
         assert shadow.difficulty.score == plain.difficulty.score
-        assert shadow.difficulty.shadow.score == DifficultyScorer().score(chat(text)).score
+        assert shadow.difficulty.shadow.score == DifficultyScorer().score(*ask_of(chat(text))).score
         assert f"shadow={shadow.difficulty.shadow.score:.2f} heuristic" in shadow.difficulty.header()
     heuristic = _policy("difficulty: {scorer: heuristic}")
     plan = asyncio.run(route(heuristic, HARD))

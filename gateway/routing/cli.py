@@ -2,6 +2,7 @@
 
     hybrid-gateway router train [--out gateway/routing/data/model.npz] [--feedback FILE ...]
     hybrid-gateway router info [--model PATH] [--policy P] [--hard-recall R | --frontier-share S]
+    hybrid-gateway router report --policy P --decisions FILE [--json] [--frontier T] [--cheap T]
 """
 
 from __future__ import annotations
@@ -74,8 +75,29 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from gateway.routing.model import LearnedModel, ModelError
+    from gateway.routing.report import build, read_rows, render
+    from policies.loader import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy)
+        for name in (args.frontier, args.cheap):
+            if name is not None and name not in policy.targets:
+                raise ValueError(f"{args.policy} has no target {name!r}")
+        model = LearnedModel.load(args.model or policy.difficulty.model) if (args.model or policy.difficulty.model) \
+            else LearnedModel.load()
+        rows = [row for path in args.decisions for row in read_rows(path)]
+        report = build(rows, policy, model, frontier=args.frontier, cheap=args.cheap)
+    except (PolicyError, ModelError, OSError, ValueError) as exc:
+        print(f"hybrid-gateway router report: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 0
+
+
 def add_router_commands(sub: argparse._SubParsersAction) -> None:
-    router = sub.add_parser("router", help="the learned difficulty router: train, inspect")
+    router = sub.add_parser("router", help="the learned difficulty router: train, inspect, report")
     router_sub = router.add_subparsers(dest="router_command", required=True)
     train = router_sub.add_parser("train", help="fit the model on the shipped corpus (+ production feedback)")
     train.add_argument("--out", help="model file (default: the shipped gateway/routing/data/model.npz)")
@@ -93,3 +115,12 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     group.add_argument("--hard-recall", type=float)
     group.add_argument("--frontier-share", type=float)
     info.set_defaults(func=_info)
+    report = router_sub.add_parser("report", help="routing shares and savings per tenant and route, from recorded decisions")
+    report.add_argument("--policy", required=True, help="prices, frontier and cheap tier come from this policy")
+    report.add_argument("--decisions", action="append", required=True,
+                        help="JSON lines of decisions (GET /admin/router/export?labelled=false); repeatable")
+    report.add_argument("--model", help="model file whose calibration derives the hard_recall thresholds")
+    report.add_argument("--frontier", help="target to compare against (default: the priciest difficulty-routed one)")
+    report.add_argument("--cheap", help="target easy requests go to in the what-ifs (default: the cheapest)")
+    report.add_argument("--json", action="store_true", help="the report as JSON")
+    report.set_defaults(func=_report)

@@ -39,13 +39,17 @@ def decode_vector(text: str) -> list[float]:
 
 
 def decision_row(*, request_id: str, tenant: str, difficulty: Any, route: str | None, target: str | None,
-                 prompt_tokens: int, completion_tokens: int, cost_usd: float, now: float | None = None) -> dict:
-    """The JSON-able record of one settled request (difficulty: a `gateway.routing.scorer.Difficulty`)."""
+                 prompt_tokens: int, completion_tokens: int, cost_usd: float, sticky: str = "",
+                 now: float | None = None) -> dict:
+    """The JSON-able record of one settled request (difficulty: a `gateway.routing.scorer.Difficulty`;
+    sticky: how the conversation's decision was used, see `gateway.router.Plan.sticky`)."""
     row: dict[str, Any] = {
         "request_id": request_id, "tenant": tenant, "ts": round(now if now is not None else time.time(), 3),
         "route": route, "target": target, "prompt_tokens": int(prompt_tokens),
         "completion_tokens": int(completion_tokens), "cost_usd": round(float(cost_usd), 8),
     }
+    if sticky:
+        row["sticky"] = sticky
     if difficulty is not None:
         row.update(score=difficulty.score, scorer=difficulty.kind or "heuristic", hard=difficulty.hard)
         if difficulty.shadow is not None:

@@ -19,8 +19,11 @@ from collections import Counter
 from dataclasses import dataclass, fields
 from typing import Any
 
-from protocols.text import conversation_text
+from protocols.text import estimate_messages_tokens
+from protocols.turns import Turns, chat_turns
 
+# Only this much of a prompt is scanned for cues (head and tail); length still counts all of it.
+# Cues in the middle of a 100 kB document add nothing the head and tail did not already show, and
 # scanning stays O(1) per request.
 _SCAN_HEAD = 3000
 _SCAN_TAIL = 1000
@@ -28,8 +31,8 @@ _SCAN_TAIL = 1000
 # 1 at or beyond the second.
 _LEN_LOW = 80.0
 _LEN_HIGH = 12000.0
-# kNN input: the head of the last user message. Transformer cost on a CPU grows with the number
-# of word pieces, and the kind of task is almost always stated in the first sentences, so the text
+# Context feature: log-scaled prompt tokens of the whole request, 1 at this many.
+_CONTEXT_HIGH = 100_000.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +57,37 @@ class DifficultyWeights:
 
 
 FEATURES: tuple[str, ...] = tuple(f.name for f in fields(DifficultyWeights) if f.name != "bias")
+# Facts about the conversation around the ask, offered to a learned model (its file names the
+# features it uses); the hand-tuned heuristic does not weigh them.
+CONVERSATION_FEATURES: tuple[str, ...] = ("tool_results", "tool_loop", "context")
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation:
+    """What surrounds the latest user turn. Scoring reads the ask's own words plus these, never
+    the system prompt or the tool schemas (an agent's 20k-token system prompt says nothing about
+    how hard this task is)."""
+
+    turns: int = 1  # user and assistant turns so far, this one included
+    tool_results: int = 0  # tool results in the conversation
+    tool_loop: bool = False  # this request continues a tool loop (its newest input is a tool result)
+    tools: int = 0  # tools declared
+    context_tokens: int = 0  # the whole request's estimated prompt tokens (system, tools, history)
+
+    @classmethod
+    def of(cls, turns: Turns, context_tokens: int) -> Conversation:
+        return cls(turns=max(1, turns.user_turns + turns.assistant_turns), tool_results=turns.tool_results,
+                   tool_loop=turns.tool_loop, tools=turns.tools, context_tokens=context_tokens)
+
+
+SINGLE = Conversation()
+
+
+def ask_of(body: dict[str, Any]) -> tuple[str, Conversation]:
+    """(latest user turn, conversation) of a chat-shaped body: training rows, benches, tests."""
+    turns = chat_turns(body)
+    messages = body.get("messages") if isinstance(body.get("messages"), list) else []
+    return turns.ask, Conversation.of(turns, estimate_messages_tokens(messages, body.get("tools")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,17 +211,17 @@ def _turns_value(turns: int) -> float:
     return _saturate(max(0, turns - 1), 10)
 
 
-def _tools_value(tools: Any) -> float:
-    if not tools:
-        return 0.0
-    n = len(tools) if isinstance(tools, list) else 1
-    return min(1.0, 0.5 + 0.1 * n)
+def _tools_value(tools: int) -> float:
+    return min(1.0, 0.5 + 0.1 * tools) if tools > 0 else 0.0
 
 
-def raw_features(body: dict[str, Any]) -> tuple[dict[str, float], str]:
-    """Raw feature values in [0, 1] (before weights) and the text an embedding should look at
-    (the last user message, or the whole conversation when there is none)."""
-    text, last_user, turns = conversation_text(body.get("messages"))
+def _context_value(tokens: int) -> float:
+    return min(1.0, math.log1p(max(0, tokens)) / math.log(_CONTEXT_HIGH))
+
+
+def raw_features(text: str, conversation: Conversation = SINGLE) -> dict[str, float]:
+    """Raw feature values in [0, 1] (before weights): the hand features of the ask's text, then
+    the conversation's (`CONVERSATION_FEATURES`)."""
     window = _scan_window(text)
     lower = window.lower()
     words = Counter(lower.translate(_PUNCT).split())
@@ -197,8 +231,11 @@ def raw_features(body: dict[str, Any]) -> tuple[dict[str, float], str]:
         "math": _math_value(window, lower, words),
         "reasoning": _reasoning_value(window, lower, words),
         "constraints": _constraints_value(lower, words),
-        "turns": _turns_value(turns),
-        "tools": _tools_value(body.get("tools")),
+        "turns": _turns_value(conversation.turns),
+        "tools": _tools_value(conversation.tools),
         "chars": _chars_value(len(text)),
+        "tool_results": _saturate(conversation.tool_results, 5),
+        "tool_loop": 1.0 if conversation.tool_loop else 0.0,
+        "context": _context_value(conversation.context_tokens),
     }
-    return raw, last_user or text
+    return raw

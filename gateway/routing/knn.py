@@ -12,9 +12,11 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-# is cut to ~400 characters here and to 64 word pieces by `minilm_embed` (p99 within 15 ms on 2 cores).
+# kNN (and learned-model) input: the head of the latest user turn. Transformer cost on a CPU grows
+# with the number of word pieces, and the kind of task is almost always stated in the first
+# sentences, so the text is cut to ~400 characters here and to 64 word pieces by `minilm_embed`
+# (p99 within 15 ms on 2 cores).
 _KNN_CHARS = 400
-
 
 
 # (prompt, difficulty label). Labels: ~0.05 trivial, ~0.15 easy, ~0.85-0.95 hard.

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from gateway.routing.knn import _KNN_CHARS, minilm_embed
+from gateway.routing.features import SINGLE, Conversation
 from gateway.routing.scorer import Difficulty, DifficultyScorer
 from gateway.routing.model import Calibration, LearnedModel, sigmoid
 
@@ -90,8 +91,8 @@ class LearnedScorer:
     def threshold(self) -> float | None:
         return self.calibration.threshold if self.calibration is not None else None
 
-    def features(self, body: dict[str, Any]) -> tuple[dict[str, float], str]:
-        return self.heuristic.features(body)
+    def features(self, text: str, conversation: Conversation = SINGLE) -> tuple[dict[str, float], str]:
+        return self.heuristic.features(text, conversation)
 
     def _embedding(self, text: str) -> np.ndarray | None:
         """One normalised vector, or None once embeddings have proved unavailable."""
@@ -120,23 +121,24 @@ class LearnedScorer:
         return Difficulty(round(score, 4), terms, kind=self.kind, hard=self._verdict(score, self.calibration),
                           model_input={"embedding": embedding, "features": raw})
 
-    def score(self, body: dict[str, Any]) -> Difficulty:
-        """Blocking (embeds); async code uses `ascore`."""
-        raw, text = self.features(body)
+    def score(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
+        """Blocking (embeds); async code uses `ascore`. The model uses the features its file
+        names (`LearnedModel.features`), of the ask's text and of the conversation."""
+        raw, text = self.features(text, conversation)
         primary = self._from_parts(raw, self._embedding(text) if text.strip() else None)
-        primary.shadow = self.shadow.score(body) if self.shadow is not None else None
+        primary.shadow = self.shadow.score(text, conversation) if self.shadow is not None else None
         return primary
 
-    def score_heuristic(self, body: dict[str, Any]) -> Difficulty:
-        return self.heuristic.score_heuristic(body)
+    def score_heuristic(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
+        return self.heuristic.score_heuristic(text, conversation)
 
-    async def ascore(self, body: dict[str, Any]) -> Difficulty:
+    async def ascore(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """Heuristic features inline; the embedding in a worker thread so the loop keeps serving."""
-        raw, text = self.features(body)
+        raw, text = self.features(text, conversation)
         wanted = text.strip() and self._broken is None and self.use_embeddings
         embedding = await asyncio.to_thread(self._embedding, text) if wanted else None
         primary = self._from_parts(raw, embedding)
-        primary.shadow = await self.shadow.ascore(body) if self.shadow is not None else None
+        primary.shadow = await self.shadow.ascore(text, conversation) if self.shadow is not None else None
         return primary
 
 
@@ -199,6 +201,6 @@ def warm_scorer(scorer: Any) -> None:
     """Load the embedder at startup (off the request path): the first `auto` request must not
     pay the model load. Any failure here is the fallback's business, not the startup's."""
     try:
-        scorer.score({"messages": [{"role": "user", "content": "warm up"}]})
+        scorer.score("warm up")
     except Exception:  # noqa: BLE001
         log.warning("difficulty: warm-up failed", exc_info=True)

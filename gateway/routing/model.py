@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.routing.features import FEATURES
+from gateway.routing.features import CONVERSATION_FEATURES, FEATURES
 
 DEFAULT_MODEL = Path(__file__).with_name("data") / "model.npz"
 FORMAT = 1
@@ -224,7 +224,7 @@ class LearnedModel:
                 if int(data["format"]) != FORMAT:
                     raise ModelError(f"{path}: model format {int(data['format'])}, this gateway reads {FORMAT}")
                 features = tuple(str(f) for f in data["features"])
-                unknown = [f for f in features if f not in FEATURES]
+                unknown = [f for f in features if f not in FEATURES + CONVERSATION_FEATURES]
                 if unknown:
                     raise ModelError(f"{path}: unknown features {unknown}")
                 return cls(

@@ -21,12 +21,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.routing.features import FEATURES, DifficultyWeights, raw_features
+from gateway.routing.features import FEATURES, SINGLE, Conversation, DifficultyWeights, raw_features
 from gateway.routing.knn import DEFAULT_EXAMPLES, KnnScorer, minilm_embed
 
 __all__ = [
     "DEFAULT_EXAMPLES",
     "FEATURES",
+    "Conversation",
     "Difficulty",
     "DifficultyScorer",
     "DifficultyWeights",
@@ -77,17 +78,17 @@ class DifficultyScorer:
         self.knn = knn
         self.knn_weight = knn_weight
 
-    def features(self, body: dict[str, Any]) -> tuple[dict[str, float], str]:
+    def features(self, text: str, conversation: Conversation = SINGLE) -> tuple[dict[str, float], str]:
         """Raw feature values in [0, 1] (before weights) and the text kNN should look at."""
-        return raw_features(body)
+        return raw_features(text, conversation), text
 
     def _contributions(self, raw: dict[str, float]) -> tuple[float, dict[str, float]]:
         w = self.weights
-        contributions = {name: round(getattr(w, name) * value, 4) for name, value in raw.items()}
+        contributions = {name: round(getattr(w, name) * raw.get(name, 0.0), 4) for name in FEATURES}
         return min(1.0, max(0.0, w.bias + sum(contributions.values()))), contributions
 
-    def _heuristic(self, body: dict[str, Any]) -> tuple[float, dict[str, float], str]:
-        raw, knn_text = self.features(body)
+    def _heuristic(self, text: str, conversation: Conversation) -> tuple[float, dict[str, float], str]:
+        raw, knn_text = self.features(text, conversation)
         heuristic, contributions = self._contributions(raw)
         return heuristic, contributions, knn_text
 
@@ -105,20 +106,22 @@ class DifficultyScorer:
         features["knn"] = round(knn, 4)
         return Difficulty(round(min(1.0, max(0.0, score)), 4), features)
 
-    def score(self, body: dict[str, Any]) -> Difficulty:
-        """Blocking when a kNN scorer is configured (embedding); async code uses `ascore`."""
-        heuristic, contributions, knn_text = self._heuristic(body)
+    def score(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
+        """Blocking when a kNN scorer is configured (embedding); async code uses `ascore`.
+
+        `text` is the latest user turn (`protocols/turns.py`), `conversation` what surrounds it."""
+        heuristic, contributions, knn_text = self._heuristic(text, conversation)
         knn = self.knn.score(knn_text) if self.knn is not None and knn_text.strip() else None
         return self._blend(heuristic, contributions, knn)
 
-    def score_heuristic(self, body: dict[str, Any]) -> Difficulty:
+    def score_heuristic(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """The cheap path only (no embedding), whatever the configuration."""
-        heuristic, contributions, _ = self._heuristic(body)
+        heuristic, contributions, _ = self._heuristic(text, conversation)
         return Difficulty(round(heuristic, 4), contributions)
 
-    async def ascore(self, body: dict[str, Any]) -> Difficulty:
+    async def ascore(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """Heuristics inline; the embedding (if any) in a worker thread so the loop keeps serving."""
-        heuristic, contributions, knn_text = self._heuristic(body)
+        heuristic, contributions, knn_text = self._heuristic(text, conversation)
         knn = None
         if self.knn is not None and knn_text.strip():
             knn = await asyncio.to_thread(self.knn.score, knn_text)

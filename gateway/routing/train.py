@@ -59,7 +59,7 @@ def featurize(texts: Sequence[str], embed: Embed) -> tuple[np.ndarray, list[dict
     heuristic = DifficultyScorer()
     raws, embed_texts = [], []
     for text in texts:
-        raw, knn_text = heuristic.features(prompt_body(text))
+        raw, knn_text = heuristic.features(text)
         raws.append(raw)
         embed_texts.append(embed_input(knn_text))
     return embed_in_batches(embed_texts, embed), raws
