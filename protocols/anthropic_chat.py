@@ -208,7 +208,8 @@ def _allowed_subset(tools: list[dict[str, Any]], choice: Any) -> list[dict[str, 
     if unknown:
         raise Untranslatable(f"tool_choice.allowed_tools names {unknown[0]!r}, which is not among the function tools")
     fidelity.mapped("tool_choice")
-    return [tool for tool in tools if tool["name"] in set(names)]
+    fidelity.dropped(*(f"tools.{tool['name']}" for tool in tools if tool["name"] not in names))
+    return [tool for tool in tools if tool["name"] in names]
 
 
 def _translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None:
@@ -353,8 +354,6 @@ def completion_from_message(message: dict[str, Any], *, created: int | None = No
     text = "".join(block.get("text", "") for block in content if block.get("type") == "text")
     tool_calls = [_tool_call(block) for block in content if block.get("type") == "tool_use"]
     reply: dict[str, Any] = {"role": "assistant", "content": text or (None if tool_calls else ""), "refusal": None}
-    if message.get("stop_reason") == "refusal" and text:  # what was said before the refusal, as chat states one
-        reply["content"], reply["refusal"] = None, text
     if tool_calls:
         reply["tool_calls"] = tool_calls
     usage, wire_usage = message_usage(message.get("usage"))

@@ -71,6 +71,7 @@ def _image_part(block: dict[str, Any]) -> dict[str, Any]:
 def _document_part(block: dict[str, Any]) -> dict[str, Any]:
     source = block.get("source") or {}
     if source.get("type") == "text":
+        fidelity.mapped("document")  # a plain-text document is sent as a text part
         if block.get("title"):
             fidelity.dropped("document.title")  # a text part has no title
         return {"type": "text", "text": source.get("data", "")}

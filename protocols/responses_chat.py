@@ -388,14 +388,14 @@ class _StreamState:
         return events
 
 
-# Keys of input items and content parts a chat request has a place for. An item's `id` and
-# `status` are the state store's bookkeeping (served by the gateway, like `previous_response_id`).
+# Keys of input items and content parts a chat request has a place for (an item's `status` is
+# bookkeeping; its `id` is named: a chat upstream never sees it, except as a missing call_id).
 _ITEM_KEYS: dict[str, frozenset[str]] = {
-    "message": frozenset({"type", "role", "content", "id", "status"}),
-    "function_call": frozenset({"type", "id", "call_id", "name", "arguments", "status"}),
-    "custom_tool_call": frozenset({"type", "id", "call_id", "name", "input", "status"}),
-    "function_call_output": frozenset({"type", "id", "call_id", "output", "status"}),
-    "custom_tool_call_output": frozenset({"type", "id", "call_id", "output", "status"}),
+    "message": frozenset({"type", "role", "content", "status"}),
+    "function_call": frozenset({"type", "call_id", "name", "arguments", "status"}),
+    "custom_tool_call": frozenset({"type", "call_id", "name", "input", "status"}),
+    "function_call_output": frozenset({"type", "call_id", "output", "status"}),
+    "custom_tool_call_output": frozenset({"type", "call_id", "output", "status"}),
 }
 _PART_KEYS: dict[str, frozenset[str]] = {
     "input_text": frozenset({"type", "text"}), "output_text": frozenset({"type", "text", "logprobs"}),
@@ -412,7 +412,7 @@ def _report_unread(body: Mapping[str, Any]) -> None:
             continue
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind in _ITEM_KEYS:
-            fidelity.unread(item, _ITEM_KEYS[kind], kind)
+            fidelity.unread(item, _ITEM_KEYS[kind] | ({"id"} if not item.get("call_id") else set()), kind)
         parts = item.get("content") if kind == "message" else item.get("output") if kind == "function_call_output" else None
         for part in parts if isinstance(parts, list) else []:
             if isinstance(part, Mapping) and part.get("type") in _PART_KEYS:

@@ -48,6 +48,7 @@ class StubControl:
     chunks: int | None = None  # fixed number of content chunks per stream (benchmarks)
     reply: str | None = None  # fixed reply text
     refusal: str | None = None  # answer with this refusal (`message.refusal`, streamed as `delta.refusal`)
+    usage_every_chunk: bool = False  # streams: usage on every chunk (vLLM's `continuous_usage_stats`)
     usage_prompt_tokens: int | None = None
     cached_tokens: int = 0
     faults: deque[Fault] = field(default_factory=deque)
@@ -219,7 +220,7 @@ def make_app(control: StubControl) -> web.Application:
                     "system_fingerprint": "fp_stub",
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             if include_usage:
-                data["usage"] = None
+                data["usage"] = _usage(body, 0, control) if control.usage_every_chunk else None
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         try:
