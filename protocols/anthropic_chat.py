@@ -273,6 +273,9 @@ def to_anthropic(
 
     Only the fields read here are sent; anything else in the body (penalties, seed, logit_bias,
     vendor extensions, `stream_options`) is dropped, because Anthropic rejects unknown fields.
+    What changes on the way is reported to `protocols.fidelity`: a clamped temperature, removed
+    stop sequences, keys of messages, parts and tools Anthropic has no place for (`name`,
+    `detail`, `strict`), tools outside an `allowed_tools` subset (only the allowed ones are sent).
 
     `cache_prefix` asks for `cache_control` breakpoints on the static prefix (last system block and
     last tool) when that prefix is long enough to be cached at all. `stream` is not set here.

@@ -6,15 +6,19 @@ assistant's `tool_calls`, consecutive ones merged into one turn as parallel call
 function_call_output items become `tool` messages; reasoning items are dropped, a chat upstream
 has nowhere to put them), function tools become chat tools, custom tools (free-form input, e.g.
 Codex's `apply_patch`) become chat functions with one string argument `input` (a grammar, if the
-tool has one, is stated in the description) and their calls come back as `custom_tool_call`
-items, `text.format` becomes
+tool has one, is stated in the description; named in `x-gateway-mapped`) and their calls come
+back as `custom_tool_call` items, an `allowed_tools` tool_choice becomes chat's own, a tool output
+holding images keeps them for the next hop of a chain (Anthropic takes images in tool results) and
+a chat upstream gets its text with the images named as dropped, `text.verbosity` becomes
+`verbosity`, `text.format` becomes
 `response_format`, `max_output_tokens` becomes `max_tokens`. Hosted tools (web_search,
 file_search, …) and items only OpenAI can resolve (`item_reference`, hosted tool calls) raise
 `Untranslatable`: the caller gets a 400 naming them, never a silently different request.
 
 Response and stream: a `chat.completion` (or its chunks) becomes a `response` object (or the
 documented event sequence, protocols/responses_events.py) with message and function_call items
-and the Responses `usage`. A translator is shared by every request to a target, so the request's
+and the Responses `usage`; a chat refusal becomes a `refusal` content part (streamed as
+`response.refusal.delta` / `.done`). A translator is shared by every request to a target, so the request's
 parameters a response object repeats (`instructions`, `tools`, `temperature`, …) travel from
 `request` to `response`/`stream` in a context variable: both run in the same task, per request.
 """
