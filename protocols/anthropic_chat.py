@@ -150,6 +150,14 @@ def _turn_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
     return blocks
 
 
+def _name_non_text(role: str, content: Any) -> None:
+    """Anthropic's `system` is text only: other parts of a system message are named as dropped."""
+    for part in content if isinstance(content, list) else []:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("text", "refusal"):
+            fidelity.dropped(f"{role}.{kind}")
+
+
 def _translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Split off system text and merge consecutive same-role turns, as the Messages API requires."""
     system: list[dict[str, Any]] = []
@@ -158,6 +166,7 @@ def _translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, 
         role = message.get("role")
         fidelity.unread(message, _MESSAGE_KEYS, "messages")  # `name`: Anthropic turns have no author name
         if role in ("system", "developer"):
+            _name_non_text(role, message.get("content"))
             text = _text_of(message.get("content"))
             if text:
                 system.append({"type": "text", "text": text})

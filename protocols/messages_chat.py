@@ -214,7 +214,8 @@ def dropped(body: dict[str, Any]) -> list[str]:
     if set(body.get("metadata") or {}) - {"user_id"}:
         names.add("metadata")
     for message in body.get("messages") or []:
-        names.update(f"messages.{key}" for key, value in message.items() if key not in _MESSAGE_KEYS and value)
+        if isinstance(message, dict):
+            names.update(f"messages.{key}" for key, value in message.items() if key not in _MESSAGE_KEYS and value)
         content = message.get("content")
         if isinstance(content, list) and any(b.get("type") in ("thinking", "redacted_thinking") for b in content):
             names.add("thinking")
