@@ -82,10 +82,8 @@ class Delivery:
                 self.gateway.telemetry.failover(failure.target, candidate.name)
         if self.gateway.caching.enabled:
             headers["x-gateway-cache"] = self.found.header
-        if isinstance(candidate.provider, Translated):  # say what the target could not be told
-            dropped = candidate.provider.dropped(self.inbound.body)
-            if dropped:
-                headers["x-gateway-dropped"] = ",".join(dropped)
+        if isinstance(candidate.provider, Translated):  # say what the target was not told as said
+            headers.update(candidate.provider.report(self.inbound.body).headers())
 
     async def complete(self) -> Reply:
         gateway, call = self.gateway, self.call

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from protocols import fidelity
 from protocols.errors import Untranslatable
 from protocols.usage import Usage
 
@@ -61,6 +62,8 @@ def _text_of(content: Any) -> str:
 def _image_block(part: dict[str, Any]) -> dict[str, Any]:
     image = part.get("image_url")
     url = image.get("url") if isinstance(image, dict) else image
+    if isinstance(image, dict):
+        fidelity.unread(image, _IMAGE_KEYS, "image_url")  # `detail`: Anthropic picks the resolution itself
     if not isinstance(url, str) or not url:
         raise Untranslatable("image_url part without a url")
     if url.startswith(("http://", "https://")):
@@ -76,8 +79,18 @@ def _file_block(part: dict[str, Any]) -> dict[str, Any]:
     match = _DATA_URL.match(data) if isinstance(data, str) else None
     if match is None or match["media"] != "application/pdf" or ";base64" not in match["params"]:
         raise Untranslatable("file parts must carry a base64 PDF data: URL (file ids are not supported)")
-    return {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": match["data"]}}
+    block = {"type": "document", "source": {"type": "base64", "media_type": "application/pdf", "data": match["data"]}}
+    filename = (part.get("file") or {}).get("filename")
+    if isinstance(filename, str) and filename:
+        block["title"] = filename
+    return block
 
+
+_IMAGE_KEYS = frozenset({"url"})
+# What each part type is read for (anything else it carries is named as dropped).
+_PART_KEYS: dict[str, frozenset[str]] = {"text": frozenset({"type", "text"}), "refusal": frozenset({"type", "refusal"}),
+                                         "image_url": frozenset({"type", "image_url"}), "file": frozenset({"type", "file"})}
+_MESSAGE_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "refusal"})
 
 _PART_TRANSLATORS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "text": lambda part: {"type": "text", "text": part.get("text", "")},
@@ -99,6 +112,7 @@ def _content_blocks(content: Any) -> list[dict[str, Any]]:
         translate = _PART_TRANSLATORS.get(kind or "")
         if translate is None:
             raise Untranslatable(f"unsupported content part type {kind!r} for an Anthropic target")
+        fidelity.unread(part, _PART_KEYS[kind], kind)
         block = translate(part)
         if block["type"] != "text" or block["text"]:
             blocks.append(block)
@@ -130,8 +144,18 @@ def _turn_blocks(message: dict[str, Any]) -> list[dict[str, Any]]:
         return [result]
     blocks = _content_blocks(message.get("content"))
     if role == "assistant":
+        if isinstance(message.get("refusal"), str) and message["refusal"]:  # what the assistant said
+            blocks.append({"type": "text", "text": message["refusal"]})
         blocks += [_tool_use_block(call) for call in message.get("tool_calls") or []]
     return blocks
+
+
+def _name_non_text(role: str, content: Any) -> None:
+    """Anthropic's `system` is text only: other parts of a system message are named as dropped."""
+    for part in content if isinstance(content, list) else []:
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind not in ("text", "refusal"):
+            fidelity.dropped(f"{role}.{kind}")
 
 
 def _translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -140,7 +164,9 @@ def _translate_messages(messages: list[dict[str, Any]]) -> tuple[list[dict[str, 
     turns: list[dict[str, Any]] = []
     for message in messages:
         role = message.get("role")
+        fidelity.unread(message, _MESSAGE_KEYS, "messages")  # `name`: Anthropic turns have no author name
         if role in ("system", "developer"):
+            _name_non_text(role, message.get("content"))
             text = _text_of(message.get("content"))
             if text:
                 system.append({"type": "text", "text": text})
@@ -164,6 +190,8 @@ def _translate_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
         function = tool.get("function") if tool.get("type", "function") == "function" else None
         if not isinstance(function, dict) or not function.get("name"):
             raise Untranslatable(f"only function tools are supported for an Anthropic target, got {tool.get('type')!r}")
+        fidelity.unread(tool, ("type", "function"), "tools")
+        fidelity.unread(function, _FUNCTION_KEYS, "tools")  # `strict`: not sent
         entry = {
             "name": function["name"],
             "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
@@ -172,6 +200,25 @@ def _translate_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
             entry["description"] = function["description"]
         translated.append(entry)
     return translated
+
+
+_FUNCTION_KEYS = frozenset({"name", "description", "parameters"})
+
+
+def _allowed_subset(tools: list[dict[str, Any]], choice: Any) -> list[dict[str, Any]]:
+    """An `allowed_tools` tool_choice: Anthropic has no subset, so only the allowed tools are sent
+    (the mode carries over in `_translate_tool_choice`); the model cannot call the others either way."""
+    if not (isinstance(choice, dict) and choice.get("type") == "allowed_tools"):
+        return tools
+    allowed = (choice.get("allowed_tools") or {}).get("tools") or []
+    names = [((entry.get("function") or {}).get("name") if isinstance(entry, dict) else None) for entry in allowed]
+    offered = {tool["name"] for tool in tools}
+    unknown = [name for name in names if name not in offered]
+    if unknown:
+        raise Untranslatable(f"tool_choice.allowed_tools names {unknown[0]!r}, which is not among the function tools")
+    fidelity.mapped("tool_choice")
+    fidelity.dropped(*(f"tools.{tool['name']}" for tool in tools if tool["name"] not in names))
+    return [tool for tool in tools if tool["name"] in names]
 
 
 def _translate_tool_choice(choice: Any, parallel_tool_calls: Any) -> dict[str, Any] | None:
@@ -209,7 +256,19 @@ def _json_instruction(response_format: Any) -> str | None:
 
 def _stop_sequences(stop: Any) -> list[str]:
     values = [stop] if isinstance(stop, str) else list(stop or [])
-    return [s for s in values if isinstance(s, str) and s.strip()]  # whitespace-only ones are refused
+    kept = [s for s in values if isinstance(s, str) and s.strip()]  # Anthropic refuses whitespace-only ones
+    if len(kept) != len(values):
+        fidelity.dropped("stop")
+    return kept
+
+
+def _temperature(value: Any) -> float:
+    """Anthropic's range is [0, 1], OpenAI's [0, 2]: a value outside is clamped, and named."""
+    temperature = float(value)
+    clamped = min(1.0, max(0.0, temperature))
+    if clamped != temperature:
+        fidelity.dropped("temperature")
+    return clamped
 
 
 def to_anthropic(
@@ -223,6 +282,9 @@ def to_anthropic(
 
     Only the fields read here are sent; anything else in the body (penalties, seed, logit_bias,
     vendor extensions, `stream_options`) is dropped, because Anthropic rejects unknown fields.
+    What changes on the way is reported to `protocols.fidelity`: a clamped temperature, removed
+    stop sequences, keys of messages, parts and tools Anthropic has no place for (`name`,
+    `detail`, `strict`), tools outside an `allowed_tools` subset (only the allowed ones are sent).
 
     `cache_prefix` asks for `cache_control` breakpoints on the static prefix (last system block and
     last tool) when that prefix is long enough to be cached at all. `stream` is not set here.
@@ -234,13 +296,14 @@ def to_anthropic(
         raise Untranslatable("at least one user or assistant message is required")
     instruction = _json_instruction(body.get("response_format"))
     if instruction:
+        fidelity.mapped("response_format")  # no JSON mode: asked for in the system prompt
         system.append({"type": "text", "text": instruction})
     params: dict[str, Any] = {
         "model": body["model"],
         "messages": messages,
         "max_tokens": int(body.get("max_completion_tokens") or body.get("max_tokens") or default_max_tokens),
     }
-    tools = _translate_tools(list(body.get("tools") or []))
+    tools = _allowed_subset(_translate_tools(list(body.get("tools") or [])), body.get("tool_choice"))
     if tools:
         params["tools"] = tools
         choice = _translate_tool_choice(body.get("tool_choice"), body.get("parallel_tool_calls"))
@@ -249,7 +312,7 @@ def to_anthropic(
     if system:
         params["system"] = system
     if body.get("temperature") is not None:
-        params["temperature"] = min(1.0, max(0.0, float(body["temperature"])))  # OpenAI allows up to 2
+        params["temperature"] = _temperature(body["temperature"])
     if body.get("top_p") is not None:
         params["top_p"] = float(body["top_p"])
     stops = _stop_sequences(body.get("stop"))
@@ -277,7 +340,8 @@ def usage_from(prompt: int, cache_read: int, cache_creation: int, output: int) -
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
         "total_tokens": usage.total_tokens,
-        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+        # Cache writes as OpenAI-compatible gateways report them (OpenAI itself has no cache writes).
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens, "cache_creation_tokens": usage.cache_write_tokens},
     }
     return usage, wire
 

@@ -4,11 +4,17 @@ OpenAI-compatible servers, the bundled engine), both directions of a call.
 What maps: system prompts, multi-turn text, images (base64 and URL), PDF documents (as file
 parts), tools and tool results (ids kept as they are), tool_choice and
 `disable_parallel_tool_use`, stop sequences, stop reasons, usage (cache reads as cached prompt
-tokens), streaming (events built in Anthropic's documented order).
-What is dropped, and named in the `x-gateway-dropped` response header: `thinking` (the option and
-earlier thinking blocks: another vendor cannot verify their signatures), `cache_control`
-(OpenAI-compatible upstreams cache prefixes by themselves), `top_k`, metadata other than
-`user_id`, and any other top-level field chat has no equivalent for.
+tokens, cache writes as `cache_creation_input_tokens`), `output_config.format` as a strict
+`json_schema` response format, refusals (`message.refusal` as text with `stop_reason: refusal`),
+streaming (events built in Anthropic's documented order; `message_start` states the input tokens
+when the target can count them).
+Mapped, and named in `x-gateway-mapped`: a tool result's `is_error` (chat has no flag: "Error: ").
+What is dropped, and named in the `x-gateway-dropped` response header (protocols/fidelity.py):
+`thinking` (the option and earlier thinking blocks: another vendor cannot verify their
+signatures), `cache_control` (OpenAI-compatible upstreams cache prefixes by themselves), `top_k`,
+metadata other than `user_id`, images and documents inside tool results (chat tool messages are
+text only), keys of messages, blocks and tools chat has no place for, and any other top-level
+field chat has no equivalent for.
 What is refused with a 400 (`Untranslatable`): server tools (web search, code execution, ...),
 documents other than PDF or plain text, more than 4 stop sequences.
 """
@@ -21,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from protocols import fidelity
 from protocols.api import Api
 from protocols.errors import Untranslatable, UpstreamStreamError, translating
 from protocols.text import text_of
@@ -37,7 +44,17 @@ STOP_REASONS: dict[str | None, str] = {
 TOOL_CHOICES: dict[str, Any] = {"auto": "auto", "any": "required", "none": "none"}
 # Top-level fields that are translated (everything else a caller sent is dropped, and named).
 TRANSLATED = frozenset({"model", "messages", "max_tokens", "system", "stream", "stop_sequences", "temperature",
-                        "top_p", "tools", "tool_choice", "metadata"})
+                        "top_p", "tools", "tool_choice", "metadata", "output_config", "output_format"})
+# Keys each object is read for; anything else it carries is named (cache_control is named on its own).
+_MESSAGE_KEYS = frozenset({"role", "content"})
+_BLOCK_KEYS: dict[str, frozenset[str]] = {
+    "text": frozenset({"type", "text", "cache_control"}),
+    "image": frozenset({"type", "source", "cache_control"}),
+    "document": frozenset({"type", "source", "title", "cache_control"}),
+    "tool_result": frozenset({"type", "tool_use_id", "content", "is_error", "cache_control"}),
+    "tool_use": frozenset({"type", "id", "name", "input", "cache_control"}),
+}
+_TOOL_KEYS = frozenset({"type", "name", "description", "input_schema", "cache_control"})
 MAX_STOP_SEQUENCES = 4
 
 
@@ -54,6 +71,9 @@ def _image_part(block: dict[str, Any]) -> dict[str, Any]:
 def _document_part(block: dict[str, Any]) -> dict[str, Any]:
     source = block.get("source") or {}
     if source.get("type") == "text":
+        fidelity.mapped("document")  # a plain-text document is sent as a text part
+        if block.get("title"):
+            fidelity.dropped("document.title")  # a text part has no title
         return {"type": "text", "text": source.get("data", "")}
     if source.get("type") == "base64" and source.get("media_type") == "application/pdf":
         return {"type": "file", "file": {"filename": block.get("title") or "document.pdf",
@@ -71,7 +91,11 @@ _USER_PARTS = {
 def _tool_message(block: dict[str, Any]) -> dict[str, Any]:
     content = block.get("content")
     text = content if isinstance(content, str) else text_of(content or [])
+    for inner in content if isinstance(content, list) else []:
+        if isinstance(inner, dict) and inner.get("type") != "text":  # chat tool messages are text only
+            fidelity.dropped(f"tool_result.{inner.get('type')}")
     if block.get("is_error"):
+        fidelity.mapped("tool_result.is_error")  # chat has no error flag: the text says so
         text = f"Error: {text}"
     return {"role": "tool", "tool_call_id": block.get("tool_use_id", ""), "content": text}
 
@@ -90,6 +114,8 @@ def _user_turn(content: Any) -> list[dict[str, Any]]:
         if translate is None:
             raise Untranslatable(f"content block type {kind!r} cannot be sent to this target")
         parts.append(translate(block))
+    for block in content:
+        fidelity.unread(block, _BLOCK_KEYS.get(block.get("type"), ()), str(block.get("type")))
     return tools + ([{"role": "user", "content": parts}] if parts else [])
 
 
@@ -97,6 +123,12 @@ def _assistant_turn(content: Any) -> list[dict[str, Any]]:
     if isinstance(content, str):
         return [{"role": "assistant", "content": content}]
     text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
+    for block in content:
+        kind = block.get("type")
+        if kind in _BLOCK_KEYS:
+            fidelity.unread(block, _BLOCK_KEYS[kind], kind)
+        elif kind not in ("thinking", "redacted_thinking"):  # thinking is named by `dropped`
+            fidelity.dropped(f"messages.{kind}")  # e.g. a server tool's call and result
     calls = [{"id": b.get("id", ""), "type": "function",
               "function": {"name": b.get("name", ""), "arguments": json.dumps(b.get("input") or {})}}
              for b in content if b.get("type") == "tool_use"]
@@ -111,6 +143,7 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for tool in tools:
         if tool.get("type") not in (None, "custom"):
             raise Untranslatable(f"server tool {tool.get('type')!r} is only available on Anthropic targets")
+        fidelity.unread(tool, _TOOL_KEYS, "tools")
         function = {"name": tool.get("name", ""), "parameters": tool.get("input_schema") or {"type": "object"}}
         if tool.get("description"):
             function["description"] = tool["description"]
@@ -124,6 +157,19 @@ def _tool_choice(choice: dict[str, Any]) -> tuple[Any, bool | None]:
     if kind == "tool":
         return {"type": "function", "function": {"name": choice.get("name", "")}}, parallel
     return TOOL_CHOICES.get(kind, "auto"), parallel
+
+
+def _response_format(body: dict[str, Any]) -> dict[str, Any] | None:
+    """Structured outputs (`output_config.format`, or the beta's top-level `output_format`) as
+    chat's strict `json_schema` response format; the rest of `output_config` has no chat equivalent."""
+    config = body.get("output_config") if isinstance(body.get("output_config"), dict) else {}
+    fidelity.unread(config, ("format",), "output_config")  # e.g. `effort`
+    fmt = config.get("format") or body.get("output_format")
+    if not fmt:
+        return None
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise Untranslatable("output_config.format must be a json_schema format with a schema object")
+    return {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True}}
 
 
 def to_chat(body: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +196,9 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
             chat["tool_choice"], parallel = _tool_choice(body["tool_choice"])
             if parallel is not None:
                 chat["parallel_tool_calls"] = parallel
+    response_format = _response_format(body)
+    if response_format is not None:
+        chat["response_format"] = response_format
     user = (body.get("metadata") or {}).get("user_id")
     if isinstance(user, str) and user:
         chat["user"] = user
@@ -165,6 +214,8 @@ def dropped(body: dict[str, Any]) -> list[str]:
     if set(body.get("metadata") or {}) - {"user_id"}:
         names.add("metadata")
     for message in body.get("messages") or []:
+        if isinstance(message, dict):
+            names.update(f"messages.{key}" for key, value in message.items() if key not in _MESSAGE_KEYS and value)
         content = message.get("content")
         if isinstance(content, list) and any(b.get("type") in ("thinking", "redacted_thinking") for b in content):
             names.add("thinking")
@@ -174,8 +225,9 @@ def dropped(body: dict[str, Any]) -> list[str]:
 
 
 def usage_object(usage: Usage) -> dict[str, int]:
-    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens, "output_tokens": usage.completion_tokens,
-            "cache_read_input_tokens": usage.cached_tokens, "cache_creation_input_tokens": 0}
+    return {"input_tokens": usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens,
+            "output_tokens": usage.completion_tokens, "cache_read_input_tokens": usage.cached_tokens,
+            "cache_creation_input_tokens": usage.cache_write_tokens}
 
 
 def _arguments(text: str) -> Any:
@@ -186,12 +238,17 @@ def _arguments(text: str) -> Any:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
+def _stop_reason(finish_reason: str | None, refused: bool) -> str:
+    return "refusal" if refused else STOP_REASONS.get(finish_reason, "end_turn")
+
+
 def message_from_completion(document: dict[str, Any]) -> tuple[dict[str, Any], Usage]:
     choice = (document.get("choices") or [{}])[0]
     reply = choice.get("message") or {}
     content: list[dict[str, Any]] = []
-    if reply.get("content"):
-        content.append({"type": "text", "text": reply["content"]})
+    for text in (reply.get("content"), reply.get("refusal")):  # a refusal is said as text, stop_reason says why
+        if isinstance(text, str) and text:
+            content.append({"type": "text", "text": text})
     for call in reply.get("tool_calls") or []:
         function = call.get("function") or {}
         content.append({"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""),
@@ -199,7 +256,7 @@ def message_from_completion(document: dict[str, Any]) -> tuple[dict[str, Any], U
     usage = to_usage(msgspec.convert(document.get("usage") or {}, UsagePeek)) or Usage()
     message = {"id": "msg_" + str(document.get("id", "")), "type": "message", "role": "assistant",
                "model": document.get("model", ""), "content": content,
-               "stop_reason": STOP_REASONS.get(choice.get("finish_reason"), "end_turn"), "stop_sequence": None,
+               "stop_reason": _stop_reason(choice.get("finish_reason"), bool(reply.get("refusal"))), "stop_sequence": None,
                "usage": usage_object(usage)}
     return message, usage
 
@@ -207,18 +264,22 @@ def message_from_completion(document: dict[str, Any]) -> tuple[dict[str, Any], U
 class _ChunkStream:
     """Chat chunks → Messages events, one instance per stream; blocks open and close in order."""
 
-    def __init__(self) -> None:
+    def __init__(self, prompt_tokens: int | None = None) -> None:
         self.started = False
         self.index = -1
         self.open: str | None = None  # "text" or the OpenAI tool-call index as str
         self.stop_reason: str | None = None
-        self.usage = Usage()
+        self.refused = False
+        self.usage = Usage(prompt_tokens=prompt_tokens or 0)
 
     def _start(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """`message_start` states the input tokens when they are known before the first byte: the
+        first chunk's usage (servers that report it on every chunk) or the target's own count."""
         self.started = True
+        usage = usage_object(self.usage)
         message = {"id": "msg_" + str(chunk.get("id", "")), "type": "message", "role": "assistant",
                    "model": chunk.get("model", ""), "content": [], "stop_reason": None, "stop_sequence": None,
-                   "usage": {"input_tokens": 0, "output_tokens": 0}}
+                   "usage": {**usage, "output_tokens": 0}}
         return [{"type": "message_start", "message": message}]
 
     def _close(self) -> list[dict[str, Any]]:
@@ -234,16 +295,19 @@ class _ChunkStream:
         return events + [{"type": "content_block_start", "index": self.index, "content_block": block}]
 
     def feed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
-        events = [] if self.started else self._start(chunk)
         if chunk.get("usage"):
             self.usage = to_usage(msgspec.convert(chunk["usage"], UsagePeek)) or self.usage
+        events = [] if self.started else self._start(chunk)
         for choice in chunk.get("choices") or []:
             delta = choice.get("delta") or {}
-            if delta.get("content"):
+            for text, refusal in ((delta.get("content"), False), (delta.get("refusal"), True)):  # refusals as text
+                if not text:
+                    continue
+                self.refused = self.refused or refusal
                 if self.open != "text":
                     events += self._open("text", {"type": "text", "text": ""})
                 events.append({"type": "content_block_delta", "index": self.index,
-                               "delta": {"type": "text_delta", "text": delta["content"]}})
+                               "delta": {"type": "text_delta", "text": text}})
             for call in delta.get("tool_calls") or []:
                 key = str(call.get("index", 0))
                 function = call.get("function") or {}
@@ -255,7 +319,7 @@ class _ChunkStream:
                                    "delta": {"type": "input_json_delta", "partial_json": function["arguments"]}})
             if choice.get("finish_reason"):
                 events += self._close()
-                self.stop_reason = STOP_REASONS.get(choice["finish_reason"], "end_turn")
+                self.stop_reason = _stop_reason(choice["finish_reason"], self.refused)
         return events
 
     def finish(self) -> list[dict[str, Any]]:
@@ -268,6 +332,8 @@ class _ChunkStream:
 class MessagesToChat:
     source = Api.MESSAGES
     target = Api.CHAT
+    pivot_names: dict[str, str] = {}
+    wants_prompt_count = True  # `message_start` states the input tokens
 
     def request(self, body: dict[str, Any], hints: Any) -> dict[str, Any]:
         with translating("this target"):
@@ -280,8 +346,8 @@ class MessagesToChat:
         message, usage = message_from_completion(msgspec.json.decode(body))
         return msgspec.json.encode(message), usage
 
-    async def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        state = _ChunkStream()
+    async def stream(self, payloads: AsyncIterator[bytes], *, prompt_tokens: int | None = None) -> AsyncIterator[bytes]:
+        state = _ChunkStream(prompt_tokens)
         async for payload in payloads:
             chunk = msgspec.json.decode(payload)
             if isinstance(chunk, dict) and chunk.get("error"):

@@ -6,15 +6,19 @@ assistant's `tool_calls`, consecutive ones merged into one turn as parallel call
 function_call_output items become `tool` messages; reasoning items are dropped, a chat upstream
 has nowhere to put them), function tools become chat tools, custom tools (free-form input, e.g.
 Codex's `apply_patch`) become chat functions with one string argument `input` (a grammar, if the
-tool has one, is stated in the description) and their calls come back as `custom_tool_call`
-items, `text.format` becomes
+tool has one, is stated in the description; named in `x-gateway-mapped`) and their calls come
+back as `custom_tool_call` items, an `allowed_tools` tool_choice becomes chat's own, a tool output
+holding images keeps them for the next hop of a chain (Anthropic takes images in tool results) and
+a chat upstream gets its text with the images named as dropped, `text.verbosity` becomes
+`verbosity`, `text.format` becomes
 `response_format`, `max_output_tokens` becomes `max_tokens`. Hosted tools (web_search,
 file_search, …) and items only OpenAI can resolve (`item_reference`, hosted tool calls) raise
 `Untranslatable`: the caller gets a 400 naming them, never a silently different request.
 
 Response and stream: a `chat.completion` (or its chunks) becomes a `response` object (or the
 documented event sequence, protocols/responses_events.py) with message and function_call items
-and the Responses `usage`. A translator is shared by every request to a target, so the request's
+and the Responses `usage`; a chat refusal becomes a `refusal` content part (streamed as
+`response.refusal.delta` / `.done`). A translator is shared by every request to a target, so the request's
 parameters a response object repeats (`instructions`, `tools`, `temperature`, …) travel from
 `request` to `response`/`stream` in a context variable: both run in the same task, per request.
 """
@@ -28,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from protocols import fidelity
 from protocols.api import Api
 from protocols.errors import Untranslatable, translating
 from protocols.responses_events import Builder, new_id, response_object, usage_object
@@ -87,6 +92,25 @@ def _output_text(output: Any) -> str:
     return output if isinstance(output, str) else (text_of(output) or "")
 
 
+def _tool_output(output: Any, strict: bool) -> str | list[dict[str, Any]]:
+    """A tool's output: text, or chat parts when it holds images or files (only the next hop of a
+    chain can carry those; `_text_only_tool_messages` keeps them from chat upstreams)."""
+    if isinstance(output, str) or not any(isinstance(p, Mapping) and p.get("type") in ("input_image", "input_file")
+                                          for p in output or []):
+        return _output_text(output)
+    return _content(output, strict)
+
+
+def _text_only_tool_messages(chat: dict[str, Any]) -> None:
+    """Chat tool messages take text only: images and files in tool outputs are dropped, and named."""
+    for message in chat["messages"]:
+        if message["role"] == "tool" and isinstance(message["content"], list):
+            for part in message["content"]:
+                if part["type"] != "text":
+                    fidelity.dropped("function_call_output." + {"image_url": "input_image"}.get(part["type"], "input_file"))
+            message["content"] = "\n".join(p["text"] for p in message["content"] if p["type"] == "text")
+
+
 def _append_call(messages: list[dict[str, Any]], call: dict[str, Any]) -> None:
     last = messages[-1] if messages else None
     if last is not None and last["role"] == "assistant":  # parallel calls: one assistant turn
@@ -123,7 +147,7 @@ def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[st
                                                  "arguments": json.dumps({"input": item.get("input") or ""})}})
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
-                             "content": _output_text(item.get("output"))})
+                             "content": _tool_output(item.get("output"), strict)})
         elif kind == "reasoning":
             continue  # encrypted or summarised reasoning has no place in a chat request
         elif strict:
@@ -182,8 +206,10 @@ def _tool_choice(choice: Any) -> Any:
         return choice
     if isinstance(choice, Mapping) and choice.get("type") in ("function", "custom"):
         return {"type": "function", "function": {"name": choice.get("name")}}
-    if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":
-        return "required" if choice.get("mode") == "required" else "auto"
+    if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":  # chat has the same subset
+        allowed = [{"type": "function", "function": {"name": tool.get("name")}} for tool in choice.get("tools") or []
+                   if isinstance(tool, Mapping)]
+        return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode") or "auto", "tools": allowed}}
     raise Untranslatable(f"tool_choice of type '{choice.get('type')}' is only available on OpenAI targets")
 
 
@@ -214,6 +240,8 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     response_format = _response_format(body.get("text"))
     if response_format is not None:
         chat["response_format"] = response_format
+    if isinstance(body.get("text"), Mapping) and body["text"].get("verbosity") is not None:
+        chat["verbosity"] = body["text"]["verbosity"]
     for source, target in (("max_output_tokens", "max_tokens"), ("temperature", "temperature"),
                            ("top_p", "top_p"), ("user", "user")):
         if body.get(source) is not None:
@@ -274,6 +302,7 @@ class _StreamState:
         self.echo = dict(echo)
         self.builder: Builder | None = None
         self.message: int | None = None  # output index of the open message item
+        self.part: str | None = None  # the kind of its open content part: "output_text" or "refusal"
         self.calls: dict[int, int] = {}  # chat tool-call index -> output index
         self.customs = custom_tool_names(self.echo.get("tools"))
         self.custom_arguments: dict[int, str] = {}  # output index -> JSON arguments so far (custom tools)
@@ -293,15 +322,28 @@ class _StreamState:
             if choice.get("index", 0) != 0:
                 continue  # n > 1 has no Responses equivalent; the first choice is the answer
             delta = choice.get("delta") or {}
-            if delta.get("content"):
-                if self.message is None:
-                    self.message, added = builder.open_message()
-                    events.extend((added, builder.open_part(self.message)))
-                events.append(builder.part_delta(self.message, delta["content"]))
+            for kind in ("content", "refusal"):
+                if delta.get(kind):
+                    events.extend(self._say("output_text" if kind == "content" else "refusal", delta[kind]))
             for call in delta.get("tool_calls") or []:
                 events.extend(self._call(call))
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
+        return events
+
+    def _say(self, kind: str, text: str) -> list[dict[str, Any]]:
+        """Text or refusal into the open message (opened, or its part switched, as needed)."""
+        builder = self.builder
+        events: list[dict[str, Any]] = []
+        if self.message is None:
+            self.message, added = builder.open_message()
+            events.append(added)
+        if self.part != kind:
+            if self.part is not None:
+                events.extend(builder.close_part(self.message))
+            events.append(builder.open_part(self.message, kind))
+            self.part = kind
+        events.append(builder.part_delta(self.message, text))
         return events
 
     def _call(self, call: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -335,7 +377,7 @@ class _StreamState:
     def _close_message(self) -> list[dict[str, Any]]:
         if self.message is None:
             return []
-        index, self.message = self.message, None
+        index, self.message, self.part = self.message, None, None
         return [*self.builder.close_part(index), self.builder.done_item(index)]
 
     def end(self) -> list[dict[str, Any]]:
@@ -350,11 +392,47 @@ class _StreamState:
         return events
 
 
+# Keys of input items and content parts a chat request has a place for (an item's `status` is
+# bookkeeping; its `id` is named: a chat upstream never sees it, except as a missing call_id).
+_ITEM_KEYS: dict[str, frozenset[str]] = {
+    "message": frozenset({"type", "role", "content", "status"}),
+    "function_call": frozenset({"type", "call_id", "name", "arguments", "status"}),
+    "custom_tool_call": frozenset({"type", "call_id", "name", "input", "status"}),
+    "function_call_output": frozenset({"type", "call_id", "output", "status"}),
+    "custom_tool_call_output": frozenset({"type", "call_id", "output", "status"}),
+}
+_PART_KEYS: dict[str, frozenset[str]] = {
+    "input_text": frozenset({"type", "text"}), "output_text": frozenset({"type", "text", "logprobs"}),
+    "text": frozenset({"type", "text"}), "refusal": frozenset({"type", "refusal"}),
+    "input_image": frozenset({"type", "image_url", "detail"}), "input_file": frozenset({"type", "file_data", "filename"}),
+}
+
+
+def _report_unread(body: Mapping[str, Any]) -> None:
+    """Name the keys of input items and their content parts that no chat field carries (e.g. an
+    earlier answer's `annotations`)."""
+    for item in body.get("input") if isinstance(body.get("input"), list) else []:
+        if not isinstance(item, Mapping):
+            continue
+        kind = item.get("type") or ("message" if "role" in item else None)
+        if kind in _ITEM_KEYS:
+            fidelity.unread(item, _ITEM_KEYS[kind] | ({"id"} if not item.get("call_id") else set()), kind)
+        parts = item.get("content") if kind == "message" else item.get("output") if kind == "function_call_output" else None
+        for part in parts if isinstance(parts, list) else []:
+            if isinstance(part, Mapping) and part.get("type") in _PART_KEYS:
+                fidelity.unread(part, _PART_KEYS[part["type"]], part["type"])
+
+
 class ResponsesToChat:
     """OpenAI Responses callers on an OpenAI Chat Completions upstream."""
 
     source = Api.RESPONSES
     target = Api.CHAT
+    # What the chat → Messages hop of a chain names, in Responses terms.
+    pivot_names = {"image_url.detail": "input_image.detail", "response_format": "text.format",
+                   "verbosity": "text.verbosity", "stop": "stop", "max_tokens": "max_output_tokens",
+                   "tools.strict": "tools.strict"}
+    wants_prompt_count = False  # `response.created` carries no usage
     # Fields a chat upstream is told (or the gateway itself serves: store, metadata, previous_response_id).
     TRANSLATED = frozenset({"model", "input", "instructions", "tools", "tool_choice", "parallel_tool_calls", "text",
                             "max_output_tokens", "temperature", "top_p", "user", "stream", "store", "metadata",
@@ -371,13 +449,19 @@ class ResponsesToChat:
     def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
         _ECHO.set(echo_of(body))
         with translating("a chat upstream"):
-            return to_chat(body)
+            chat = to_chat(body)
+        _report_unread(body)
+        if custom_tool_names(body.get("tools")):
+            fidelity.mapped("tools.custom")  # free-form input as a function's one string argument
+        if not hints.pivot:
+            _text_only_tool_messages(chat)
+        return chat
 
     def response(self, body: bytes) -> tuple[bytes, Usage]:
         document, usage = response_from_chat(msgspec.json.decode(body), _ECHO.get() or {})
         return msgspec.json.encode(document), usage
 
-    async def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def stream(self, payloads: AsyncIterator[bytes], *, prompt_tokens: int | None = None) -> AsyncIterator[bytes]:
         from protocols.translate import UpstreamStreamError
 
         state = _StreamState(_ECHO.get() or {})

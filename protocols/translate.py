@@ -8,13 +8,13 @@ and bytes; raising `Untranslatable` means "refuse with a 400", never a 500.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import msgspec
 
-from protocols import anthropic_chat
+from protocols import anthropic_chat, fidelity
 from protocols.api import Api
 from protocols.errors import UpstreamStreamError, translating
 from protocols.messages_chat import MessagesToChat
@@ -29,21 +29,51 @@ class Hints:
     default_max_tokens: int = anthropic_chat.DEFAULT_MAX_TOKENS
     cache_prefix: bool = False
     min_cache_chars: int = anthropic_chat.DEFAULT_MIN_CACHE_CHARS
+    # The chat body is a pivot another hop translates onward (Responses → Chat → Messages), not
+    # what a chat upstream receives: content only chat upstreams cannot take (images in tool
+    # results) stays in it for the next hop to carry.
+    pivot: bool = False
 
 
 class Translator(Protocol):
     source: Api
     target: Api
+    # Names the next hop of a chain reports in pivot (chat) terms → the same field in this
+    # translator's source terms (e.g. `image_url.detail` → `input_image.detail`).
+    pivot_names: Mapping[str, str]
+    # Whether `stream` can use the gateway's exact count of the prompt (its first event states it).
+    wants_prompt_count: bool
 
-    def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]: ...
+    def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
+        """The target's body; what it drops or maps nested fields it reports to `protocols.fidelity`."""
+        ...
 
     def response(self, body: bytes) -> tuple[bytes, Usage]: ...
 
-    def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]: ...
+    def stream(self, payloads: AsyncIterator[bytes], *, prompt_tokens: int | None = None) -> AsyncIterator[bytes]: ...
 
     def dropped(self, body: dict[str, Any]) -> list[str]:
-        """What the caller sent that the target will not see (reported in `x-gateway-dropped`)."""
+        """Top-level fields the caller sent that the target will not see."""
         ...
+
+
+@dataclass(slots=True)
+class Translation:
+    body: dict[str, Any]
+    report: fidelity.Report
+
+
+def _hop(translator: Translator, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
+    fidelity.dropped(*translator.dropped(body))
+    return translator.request(body, hints)
+
+
+def translation(translator: Translator, body: dict[str, Any], hints: Hints) -> Translation:
+    """The one entry to a translation: the target's body and everything it did not carry as said
+    (every hop of a chain), for `x-gateway-dropped` / `x-gateway-mapped`."""
+    with fidelity.recording() as report:
+        translated = _hop(translator, body, hints)
+    return Translation(translated, report)
 
 
 class ChatToMessages:
@@ -51,6 +81,8 @@ class ChatToMessages:
 
     source = Api.CHAT
     target = Api.MESSAGES
+    pivot_names: Mapping[str, str] = {}
+    wants_prompt_count = False
     # Chat fields with an Anthropic equivalent; anything else is dropped (Anthropic rejects unknown fields).
     TRANSLATED = frozenset({"model", "messages", "max_tokens", "max_completion_tokens", "stream", "stream_options",
                             "temperature", "top_p", "stop", "tools", "tool_choice", "parallel_tool_calls", "user",
@@ -71,7 +103,7 @@ class ChatToMessages:
         document, usage = anthropic_chat.completion_from_message(msgspec.json.decode(body))
         return msgspec.json.encode(document), usage
 
-    async def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def stream(self, payloads: AsyncIterator[bytes], *, prompt_tokens: int | None = None) -> AsyncIterator[bytes]:
         translator = anthropic_chat.StreamTranslator()
         async for payload in payloads:
             event = msgspec.json.decode(payload)
@@ -98,19 +130,27 @@ class Chained:
         self.second = second
         self.source = first.source
         self.target = second.target
+        self.pivot_names = first.pivot_names
+        self.wants_prompt_count = first.wants_prompt_count
 
     def request(self, body: dict[str, Any], hints: Hints) -> dict[str, Any]:
-        return self.second.request(self.first.request(body, hints), hints)
+        """Both hops; what the second does not carry is reported too, in the caller's terms."""
+        middle = _hop(self.first, body, replace(hints, pivot=True))
+        with fidelity.recording() as onward:
+            translated = _hop(self.second, middle, hints)
+        fidelity.dropped(*(self.first.pivot_names.get(name, name) for name in onward.dropped))
+        fidelity.mapped(*(self.first.pivot_names.get(name, name) for name in onward.mapped))
+        return translated
 
     def response(self, body: bytes) -> tuple[bytes, Usage]:
         middle, _ = self.second.response(body)
         return self.first.response(middle)
 
-    def stream(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        return self.first.stream(self.second.stream(payloads))
+    def stream(self, payloads: AsyncIterator[bytes], *, prompt_tokens: int | None = None) -> AsyncIterator[bytes]:
+        return self.first.stream(self.second.stream(payloads), prompt_tokens=prompt_tokens)
 
     def dropped(self, body: dict[str, Any]) -> list[str]:
-        return self.first.dropped(body)
+        return []  # each hop reports its own in `request`
 
 
 PIVOT = Api.CHAT  # the protocol every other one translates to and from

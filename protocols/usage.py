@@ -32,6 +32,7 @@ class Usage:
 
 class _PromptDetails(msgspec.Struct):
     cached_tokens: int | None = None
+    cache_creation_tokens: int | None = None  # cache writes, as OpenAI-compatible gateways report them
 
 
 class UsagePeek(msgspec.Struct):
@@ -59,7 +60,9 @@ def to_usage(peek: UsagePeek | None) -> Usage | None:
         return None
     details = peek.prompt_tokens_details or peek.input_tokens_details
     cached = details.cached_tokens if details else None
-    return Usage(peek.prompt_tokens or peek.input_tokens, peek.completion_tokens or peek.output_tokens, cached or 0)
+    written = details.cache_creation_tokens if details else None
+    return Usage(peek.prompt_tokens or peek.input_tokens, peek.completion_tokens or peek.output_tokens, cached or 0,
+                 written or 0)
 
 
 def usage_of(body: bytes) -> Usage:

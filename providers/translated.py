@@ -14,6 +14,7 @@ from dataclasses import replace
 from protocols import translate
 from protocols.api import Api
 from protocols.errors import Untranslatable, UpstreamStreamError
+from protocols.fidelity import Report
 from protocols.translate import Hints, Translator
 from providers.base import (
     BadRequest,
@@ -42,14 +43,19 @@ class Translated:
     def _request(self, request: ProviderRequest) -> ProviderRequest:
         hints = replace(self.hints, cache_prefix=request.prefix_key is not None)
         try:
-            body = self.translator.request(request.body, hints)
+            body = translate.translation(self.translator, request.body, hints).body
         except Untranslatable as exc:
             raise BadRequest(str(exc), target=self.name) from None
         return replace(request, body=body, api=self.translator.target)
 
-    def dropped(self, body: dict) -> list[str]:
-        """What the caller sent that this target will not see (the `x-gateway-dropped` header)."""
-        return self.translator.dropped(body)
+    def report(self, body: dict) -> Report:
+        """What this target is not told as the caller said it (`x-gateway-dropped` / `-mapped`),
+        from the same translation that built the upstream request (run again: the provider is
+        shared by every request, so it keeps nothing per request)."""
+        try:
+            return translate.translation(self.translator, body, self.hints).report
+        except Untranslatable:
+            return Report()
 
     async def complete(self, request: ProviderRequest) -> Completion:
         completion = await self.inner.complete(self._request(request))
@@ -60,8 +66,10 @@ class Translated:
         return Completion(body=body, usage=usage)
 
     async def stream(self, request: ProviderRequest) -> AsyncIterator[bytes]:
-        upstream = self.inner.stream(self._request(request))
-        translated = self.translator.stream(upstream)
+        outbound = self._request(request)
+        prompt_tokens = await self._prompt_count(outbound) if self.translator.wants_prompt_count else None
+        upstream = self.inner.stream(outbound)
+        translated = self.translator.stream(upstream, prompt_tokens=prompt_tokens)
         try:
             async for payload in translated:
                 yield payload
@@ -74,6 +82,17 @@ class Translated:
         finally:
             await translated.aclose()
             await upstream.aclose()
+
+    async def _prompt_count(self, outbound: ProviderRequest) -> int | None:
+        """The target's exact count of the translated prompt, when it can count (a stream's first
+        event states it); a count that fails costs the caller nothing but the number."""
+        if not isinstance(self.inner, TokenCounter):
+            return None
+        try:
+            count = await self.inner.count_tokens(outbound)
+        except Exception:
+            return None
+        return count.tokens if count is not None else None
 
     async def count_tokens(self, request: ProviderRequest) -> TokenCount | None:
         """The inner provider's count of the translated request, when it can count."""

@@ -337,3 +337,13 @@ def test_a_stream_that_fails_before_its_first_delta_fails_over_invisibly(gw, stu
     assert [e["type"] for e in events].count("message_start") == 1, "the failed attempt's opening never leaked"
     text = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
     assert text == "echo: still answered" and events[-1]["type"] == "message_stop"
+
+
+def test_translated_stream_states_the_engines_input_count_in_message_start(client):
+    """The bundled engine counts the translated prompt before the stream starts: `message_start`
+    carries that count (not 0), and it is the count the stream ends with."""
+    request = {"max_tokens": 4, "messages": [{"role": "user", "content": "how many tokens is this prompt?"}]}
+    counted = client.messages.count_tokens(model="claude-haiku-4-5", messages=request["messages"]).input_tokens
+    events = list(client.messages.create(model="claude-haiku-4-5", stream=True, **request))
+    assert events[0].type == "message_start" and events[0].message.usage.input_tokens == counted > 0
+    assert next(e for e in events if e.type == "message_delta").usage.input_tokens == counted

@@ -47,6 +47,8 @@ class StubControl:
     api_key: str | None = None
     chunks: int | None = None  # fixed number of content chunks per stream (benchmarks)
     reply: str | None = None  # fixed reply text
+    refusal: str | None = None  # answer with this refusal (`message.refusal`, streamed as `delta.refusal`)
+    usage_every_chunk: bool = False  # streams: usage on every chunk (vLLM's `continuous_usage_stats`)
     usage_prompt_tokens: int | None = None
     cached_tokens: int = 0
     faults: deque[Fault] = field(default_factory=deque)
@@ -196,6 +198,8 @@ def make_app(control: StubControl) -> web.Application:
         if not body.get("stream"):
             completion_tokens = max(1, len((text or "").split())) if text is not None else 8
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            if control.refusal is not None:
+                message["content"], message["refusal"] = None, control.refusal
             if tool_calls:
                 message["tool_calls"] = tool_calls
             payload = {
@@ -216,7 +220,7 @@ def make_app(control: StubControl) -> web.Application:
                     "system_fingerprint": "fp_stub",
                     "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
             if include_usage:
-                data["usage"] = None
+                data["usage"] = _usage(body, 0, control) if control.usage_every_chunk else None
             return b"data: " + json.dumps(data).encode() + b"\n\n"
 
         try:
@@ -239,6 +243,11 @@ def make_app(control: StubControl) -> web.Application:
                 await response.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 8]}}]}))
                 sent += 1
             finish = "tool_calls"
+        elif control.refusal is not None:
+            for piece in _pieces(control.refusal, control):
+                await response.write(chunk({"refusal": piece}))
+                sent += 1
+            finish = "stop"
         else:
             for piece in _pieces(text or "", control):
                 if fault is not None and fault.cut_after_chunks is not None and sent >= fault.cut_after_chunks:
