@@ -34,6 +34,7 @@ def openai_stub(_module_stub):
     control.requests.clear()
     control.headers.clear()
     control.reply = None
+    control.responder = None
     control.chunks = None
     control.delay_seconds = 0.0
     control.chunk_delay = 0.0
