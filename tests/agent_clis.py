@@ -41,13 +41,21 @@ def _has_anthropic_tool_result(body: dict[str, Any]) -> bool:
                for m in body.get("messages") or [])
 
 
-def claude_responder(workdir: Path):
-    """Anthropic upstream: the `Write` tool when it is offered and not yet used, then the final text."""
+def claude_responder(workdir: Path, *, side_call: bool = False):
+    """Anthropic upstream: the `Write` tool when it is offered and not yet used, then the final text.
+    `side_call`: first an `Agent` call asking for a haiku sub-agent (Claude Code's small model),
+    which Claude Code then runs through the gateway itself."""
     def respond(body: dict[str, Any]) -> Reply | None:
         tools = {t.get("name") for t in body.get("tools") or []}
         if "Write" not in tools:
             return Reply(text=SIDE_TEXT)
-        if not _has_anthropic_tool_result(body):
+        results = sum(1 for m in body.get("messages") or [] if isinstance(m.get("content"), list)
+                      for b in m["content"] if b.get("type") == "tool_result")
+        if side_call and results == 0:
+            return Reply(text="", tool_uses=[ToolUse("Agent", {
+                "description": "List files", "prompt": "List the files in the working directory.",
+                "subagent_type": "Explore", "model": "haiku", "run_in_background": False})])
+        if results < (2 if side_call else 1):
             return Reply(text="", tool_uses=[ToolUse("Write", {"file_path": str(workdir / FILE_NAME), "content": FILE_TEXT})])
         return Reply(text=FINAL_TEXT)
     return respond
@@ -130,7 +138,7 @@ targets:
   local-engine:
     provider: selfhost
     model: tiny-llama
-    embedded: {{max_num_seqs: 4, max_model_len: 2048}}
+    embedded: {{max_num_seqs: 4, max_model_len: 32768}}
     max_output_tokens: 32
     timeouts: {{connect: 5, first_token: 120, total: 300}}
 models:
