@@ -17,7 +17,6 @@ from gateway.settings import Settings
 from protocols import responses_chat
 from protocols.anthropic_messages import WIRE as MESSAGES
 from protocols.messages_chat import MessagesToChat
-from protocols.openai_responses import WIRE as RESPONSES
 from protocols.responses_chat import ResponsesToChat
 from protocols.text import estimate_tokens
 from protocols.translate import Hints
