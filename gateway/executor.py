@@ -24,7 +24,6 @@ from policies.schema import RetrySpec
 from providers.base import (
     BadRequest,
     Completion,
-    ContextTooLong,
     ProviderError,
     ProviderRequest,
     RateLimited,
@@ -91,8 +90,12 @@ def _is_retryable(exc: BaseException) -> bool:
 
 
 def _is_final(exc: ProviderError) -> bool:
-    """Errors that no other target would answer differently: return them to the caller at once."""
-    return isinstance(exc, BadRequest) and not isinstance(exc, ContextTooLong)
+    """Errors that no other target would answer differently: return them to the caller at once.
+
+    A context-length refusal is one of them: candidates whose known context cannot hold the
+    prompt never get here (admission.fitting), so another target would refuse it too, and a
+    retryable 5xx/529 would only make SDKs resend the same oversized prompt."""
+    return isinstance(exc, BadRequest)
 
 
 class Executor:

@@ -26,7 +26,16 @@ from cache.response import CachedAnswer, savings
 from gateway.accounting import Accounting
 from gateway.delivery import Delivery, Reply
 from gateway.sessions import NO_SESSION, Session
-from gateway.admission import Admitted, admit, check_body_size, output_cap_to_send
+from gateway.admission import (
+    CLAMPED_HEADER,
+    Admitted,
+    admit,
+    check_body_size,
+    clamped_body,
+    fitting,
+    output_allowance,
+    output_cap_to_send,
+)
 from gateway.auth import KeyRing, Principal
 from gateway.budgets import Budgets, MemoryBudgets, Reservation
 from gateway.breaker import BreakerGate, NoBreakers
@@ -39,11 +48,13 @@ from gateway.router import Candidate, Plan, Router
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry
 from policies.schema import Policy
 from protocols.anthropic_messages import forwarded_headers
+from protocols.headers import verbatim_headers
 from protocols.api import Api
 from protocols.errors import GatewayError
 from protocols.turns import turns_of
 from protocols.wire import Inbound, Wire
 from providers.base import Provider, ProviderRequest, Timeouts, Usage
+from providers.translated import Translated
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -143,6 +154,7 @@ class Gateway:
                         span.set_attribute("gateway.difficulty", plan.difficulty.score)
                 call.model, call.plan = plan.model, plan
                 admitted = admit(inbound, plan.model_spec, runtime.policy.limits)
+                plan.candidates = fitting(plan.candidates, admitted.prompt_tokens)
         except GatewayError as exc:
             raise self._reject(call, exc, "model_not_found" if exc.code == "model_not_found" else "admission") from None
         self._plan_headers(call, plan)
@@ -163,18 +175,29 @@ class Gateway:
         reservation = await self._reserve(call, principal, plan, admitted)
         await self.breakers.refresh([c.key for c in plan.candidates])  # see other replicas' trips, claim probes
         call.queue_s = time.perf_counter() - call.started
-        forward = forwarded_headers(headers)
+        # A target that speaks the caller's protocol sees the caller's headers (betas, client
+        # features such as Codex's responses-lite) as sent; a translated one only the few a
+        # translation keeps meaning for.
+        verbatim, translated = verbatim_headers(headers), forwarded_headers(headers)
 
         def upstream_request(candidate: Candidate) -> ProviderRequest:
             t = candidate.timeouts
             cap = output_cap_to_send(inbound, admitted, plan.model_spec)
             # The caller's body, verbatim but for the model (and a missing output cap); a target
             # that does not speak `api` is a translating view (providers/translated.py).
+            body = wire.prepare(inbound, candidate.spec.model, cap)
+            allowance = output_allowance(inbound, admitted, candidate.spec)
+            if allowance is not None:  # the policy clamps: say so, for the target that serves
+                body = clamped_body(body, inbound, allowance)
+                call.headers[CLAMPED_HEADER] = f"{inbound.output_param}={allowance}"
+            else:
+                call.headers.pop(CLAMPED_HEADER, None)
             return ProviderRequest(
-                body=wire.prepare(inbound, candidate.spec.model, cap),
+                body=body,
                 request_id=call.request_id, tenant=principal.tenant,
                 timeouts=Timeouts(connect=t.connect, first_token=t.first_token, total=t.total),
-                prefix_key=prefix_key, endpoint=candidate.endpoint, api=api, forward_headers=forward,
+                prefix_key=prefix_key, endpoint=candidate.endpoint, api=api,
+                forward_headers=translated if isinstance(candidate.provider, Translated) else verbatim,
             )
 
         delivery = Delivery(self, call, inbound, plan, admitted, found, reservation, upstream_request)

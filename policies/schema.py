@@ -113,6 +113,12 @@ class TargetSpec(_Spec):
     apis: list[Literal["openai.chat", "openai.completions", "openai.embeddings", "openai.responses",
                        "anthropic.messages"]] | None = None
 
+    def context_limit(self) -> int | None:
+        """The context window this target is known to have (None: unknown, assume it fits)."""
+        if self.context_window is not None:
+            return self.context_window
+        return self.embedded.max_model_len if self.embedded is not None else None
+
     def effective_pricing(self) -> Pricing:
         """Self-hosted targets are priced from GPU time so cost comparisons stay honest."""
         if self.gpu_hourly_usd is not None and self.tokens_per_second:
@@ -151,6 +157,18 @@ class CacheSpec(_Spec):
     prompt_cache_min_tokens: PosInt = 1024
 
 
+class OutputSpec(_Spec):
+    """What a request asking for more output than allowed gets (`max_tokens`, `max_completion_tokens`,
+    `max_output_tokens`). The allowance is the smallest of `limits.max_tokens`, the model's
+    `max_tokens` and, per target, the target's `max_output_tokens`.
+
+    `reject` (default): a 400 naming the maximum when the model's cap is exceeded. `clamp`: the
+    request is sent with the allowance instead, and the response says so in `x-gateway-clamped`
+    (e.g. an agent's side calls, which ask for 32,000 tokens, routed to a small engine)."""
+
+    over: Literal["clamp", "reject"] = "reject"
+
+
 class ModelSpec(_Spec):
     """A public model name callers use; `targets` are tried in order (primary, then fallbacks)."""
 
@@ -159,6 +177,7 @@ class ModelSpec(_Spec):
     cache: CacheSpec = CacheSpec()
     max_tokens: PosInt | None = None  # cap on max_tokens / max_completion_tokens for this model
     default_max_tokens: PosInt | None = None
+    output: OutputSpec = OutputSpec()  # a request over the output allowance: clamp or reject
     # Other names callers use for this model: exact names or glob patterns (`claude-sonnet-*`
     # catches Claude Code's dated names). Exact public names win, then exact aliases, then the
     # first matching pattern in policy order.

@@ -9,7 +9,7 @@ and `message_delta` (output, cumulative).
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
@@ -35,7 +35,9 @@ class _Loose(Struct, kw_only=True, omit_defaults=True, forbid_unknown_fields=Fal
 
 
 class Message(_Loose):
-    role: Literal["user", "assistant"]
+    # Any role: new ones (Claude Code's `system` turns inside `messages`) reach an Anthropic
+    # target verbatim; a translator refuses what it has no equivalent for.
+    role: Annotated[str, Meta(min_length=1)]
     content: str | list[dict[str, Any]]
 
 

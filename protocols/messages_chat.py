@@ -138,6 +138,25 @@ def _assistant_turn(content: Any) -> list[dict[str, Any]]:
     return [message] if text or calls else []  # a thinking-only turn carries nothing here
 
 
+def _system_turn(content: Any) -> list[dict[str, Any]]:
+    """A `system` turn inside `messages` (Claude Code's default model sends them mid-conversation):
+    a chat system message at the same place, its text parts joined."""
+    text = content if isinstance(content, str) else text_of(content or [])
+    if not isinstance(content, str) and any(b.get("type") != "text" for b in content or []):
+        raise Untranslatable("a system message inside messages can carry only text for this target")
+    return [{"role": "system", "content": text}] if text else []
+
+
+_TURNS = {"user": _user_turn, "assistant": _assistant_turn, "system": _system_turn}
+
+
+def _turn(message: dict[str, Any]) -> list[dict[str, Any]]:
+    translate = _TURNS.get(message.get("role"))
+    if translate is None:
+        raise Untranslatable(f"message role {message.get('role')!r} cannot be sent to this target")
+    return translate(message.get("content"))
+
+
 def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for tool in tools:
@@ -179,8 +198,7 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if system_text:
         messages.append({"role": "system", "content": system_text})
     for message in body.get("messages") or []:
-        turn = _user_turn if message.get("role") == "user" else _assistant_turn
-        messages += turn(message.get("content"))
+        messages += _turn(message)
     chat: dict[str, Any] = {"model": body["model"], "messages": messages, "max_tokens": body["max_tokens"]}
     for field in ("temperature", "top_p"):
         if body.get(field) is not None:

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from protocols import responses_chat
+from protocols import responses_chat, responses_tools
 from protocols.api import Api
 from protocols.errors import bad_request, error_body
 from protocols.responses_events import replay_events
@@ -62,7 +62,7 @@ Content = str | list[InputText | OutputText | InputImage | InputFile | Refusal]
 
 
 class MessageItem(_Wire):
-    role: Literal["user", "assistant", "system", "developer"]
+    role: Annotated[str, Meta(min_length=1)]  # any role reaches an OpenAI target; translators refuse new ones
     content: Content
     type: Literal["message"] = "message"
     id: str | None = None
@@ -307,7 +307,7 @@ class ResponsesWire:
         if checked.input is None and checked.previous_response_id is None and checked.prompt is None:
             raise bad_request("Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
         messages = responses_chat.messages_of(body, strict=False)
-        tools = responses_chat.tools_of(body.get("tools"), strict=False)
+        tools, _ = responses_tools.build(body, lambda tool: next(iter(responses_chat.tools_of([tool], strict=False)), None))
         conversation: dict[str, Any] = {"messages": messages}
         if tools:
             conversation["tools"] = tools
@@ -317,7 +317,8 @@ class ResponsesWire:
             api=self.api, body=body, view=view or checked, model=checked.model, stream=bool(checked.stream),
             include_usage=True,  # a Responses stream always ends with its usage
             output_cap=checked.max_output_tokens, output_param="max_output_tokens",
-            messages=len(messages), prompt_tokens=estimate_messages_tokens(messages, body.get("tools")),
+            messages=len(messages),
+            prompt_tokens=estimate_messages_tokens(messages, body.get("tools"), responses_tools.additional_tools(body)),
             conversation=conversation,
         )
 

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from protocols import fidelity
+from protocols import responses_tools
 from protocols.api import Api
 from protocols.errors import Untranslatable, translating
 from protocols.responses_events import Builder, new_id, response_object, usage_object
@@ -136,15 +137,23 @@ def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[st
             continue
         kind = item.get("type") or ("message" if "role" in item else None)
         if kind == "message":
+            if strict and item.get("role") not in _ROLES:
+                raise Untranslatable(f"message role {item.get('role')!r} can only be served by an OpenAI target")
             role = _ROLES.get(item.get("role"), "user")
             messages.append({"role": role, "content": _content(item.get("content"), strict)})
         elif kind == "function_call":
+            name = responses_tools.chat_name(item.get("name"), item.get("namespace"))
             _append_call(messages, {"id": item.get("call_id") or item.get("id"), "type": "function",
-                                    "function": {"name": item.get("name"), "arguments": item.get("arguments") or ""}})
+                                    "function": {"name": name, "arguments": item.get("arguments") or ""}})
         elif kind == "custom_tool_call":
+            name = responses_tools.chat_name(item.get("name"), item.get("namespace"))
             _append_call(messages, {"id": item.get("call_id") or item.get("id"), "type": "function",
-                                    "function": {"name": item.get("name"),
+                                    "function": {"name": name,
                                                  "arguments": json.dumps({"input": item.get("input") or ""})}})
+        elif kind == "additional_tools":
+            continue  # tools, not turns: they join the request's tools (responses_tools.build)
+        elif isinstance(kind, str) and responses_tools.is_client_item(item):
+            _client_item(messages, item, strict)
         elif kind in ("function_call_output", "custom_tool_call_output"):
             messages.append({"role": "tool", "tool_call_id": item.get("call_id"),
                              "content": _tool_output(item.get("output"), strict)})
@@ -153,6 +162,18 @@ def messages_of(body: Mapping[str, Any], *, strict: bool = True) -> list[dict[st
         elif strict:
             raise Untranslatable(f"input item '{kind}' can only be served by an OpenAI target")
     return messages
+
+
+def _client_item(messages: list[dict[str, Any]], item: Mapping[str, Any], strict: bool) -> None:
+    """A client-executed tool's call or output (e.g. `tool_search_call`) as a chat tool call or result."""
+    try:
+        if responses_tools.CLIENT_CALLS.match(item["type"]):
+            _append_call(messages, responses_tools.client_call(item))
+        else:
+            messages.append(responses_tools.client_output(item))
+    except ValueError as exc:
+        if strict:
+            raise Untranslatable(str(exc)) from None
 
 
 _CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string", "description": "The tool's raw input."}},
@@ -230,7 +251,8 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     chat: dict[str, Any] = {"model": body.get("model"), "messages": messages_of(body)}
     if not chat["messages"]:
         raise Untranslatable("the request has no input to send")
-    tools = tools_of(body.get("tools"))
+    tools, tool_map = responses_tools.build(body, lambda tool: next(iter(tools_of([tool])), None))
+    responses_tools.remember(tool_map)
     if tools:
         chat["tools"] = tools
         if body.get("tool_choice") is not None:
@@ -278,21 +300,33 @@ def response_from_chat(completion: Mapping[str, Any], echo: Mapping[str, Any]) -
                 builder.open_part(index, kind)
                 builder.part_delta(index, text)
         builder.done_item(index)
-    customs = custom_tool_names(echo.get("tools"))
+    tool_map = responses_tools.current()
     for call in message.get("tool_calls") or []:
         function = call.get("function") or {}
         name, arguments = function.get("name") or "", function.get("arguments") or ""
-        if name in customs:
-            index, _ = builder.open_custom_call(call.get("id") or new_id("call"), name)
+        route = tool_map.route(name)
+        if route.kind == "client":
+            item = responses_tools.client_call_item(route, call.get("id") or new_id("call"), arguments, new_id("tsc"))
+            builder.done_item(builder.add_item(item)[0])
+            continue
+        if route.kind == "custom":
+            index, _ = builder.open_custom_call(call.get("id") or new_id("call"), route.name)
             builder.custom_delta(index, custom_input(arguments))
         else:
-            index, _ = builder.open_call(call.get("id") or new_id("call"), name)
+            index, _ = builder.open_call(call.get("id") or new_id("call"), route.name)
             builder.call_delta(index, arguments)
+        _namespaced(builder, index, route)
         builder.done_item(index)
     usage, books = _usage(completion.get("usage"))
     status, reason = _status(choice.get("finish_reason"))
     builder.finish(status, usage=usage, incomplete_reason=reason)
     return builder.final(), books
+
+
+def _namespaced(builder: Builder, index: int, route: responses_tools.Route) -> None:
+    """A call to a namespaced tool carries its namespace, as OpenAI's items do."""
+    if route.namespace:
+        builder.output[index]["namespace"] = route.namespace
 
 
 class _StreamState:
@@ -304,8 +338,9 @@ class _StreamState:
         self.message: int | None = None  # output index of the open message item
         self.part: str | None = None  # the kind of its open content part: "output_text" or "refusal"
         self.calls: dict[int, int] = {}  # chat tool-call index -> output index
-        self.customs = custom_tool_names(self.echo.get("tools"))
+        self.tool_map = responses_tools.current()
         self.custom_arguments: dict[int, str] = {}  # output index -> JSON arguments so far (custom tools)
+        self.client_calls: dict[int, tuple[responses_tools.Route, str]] = {}  # output index -> (route, call id)
         self.finish_reason: str | None = None
         self.usage: Any = None
 
@@ -353,12 +388,20 @@ class _StreamState:
         slot = call.get("index", 0)
         if slot not in self.calls:
             events.extend(self._close_message())
-            name = function.get("name") or ""
-            if name in self.customs:
-                self.calls[slot], added = builder.open_custom_call(call.get("id") or new_id("call"), name)
+            route = self.tool_map.route(function.get("name") or "")
+            call_id = call.get("id") or new_id("call")
+            if route.kind == "client":  # its item is whole at the end: arguments are an object
+                self.calls[slot], added = builder.add_item(
+                    responses_tools.client_call_item(route, call_id, "{}", new_id("tsc")) | {"status": "in_progress"})
+                self.client_calls[self.calls[slot]] = (route, call_id)
+                self.custom_arguments[self.calls[slot]] = ""
+            elif route.kind == "custom":
+                self.calls[slot], added = builder.open_custom_call(call_id, route.name)
                 self.custom_arguments[self.calls[slot]] = ""
             else:
-                self.calls[slot], added = builder.open_call(call.get("id") or new_id("call"), name)
+                self.calls[slot], added = builder.open_call(call_id, route.name)
+            _namespaced(builder, self.calls[slot], route)
+            added["item"] = dict(builder.output[self.calls[slot]], status="in_progress")
             events.append(added)
         index = self.calls[slot]
         if function.get("arguments"):
@@ -369,6 +412,11 @@ class _StreamState:
         return events
 
     def _close_call(self, index: int) -> list[dict[str, Any]]:
+        if index in self.client_calls:
+            route, call_id = self.client_calls[index]
+            item = self.builder.output[index]
+            final = responses_tools.client_call_item(route, call_id, self.custom_arguments[index], item["id"])
+            return [self.builder.done_item(index, final=final)]
         if index not in self.custom_arguments:
             return self.builder.close_call(index)
         return [self.builder.custom_delta(index, custom_input(self.custom_arguments[index])),

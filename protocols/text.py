@@ -74,7 +74,10 @@ def estimate_tokens(value: Any) -> int:
     if isinstance(value, str):
         return (len(value) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
     if isinstance(value, Mapping):
-        if value.get("type") in _IMAGE_PARTS:
+        kind = value.get("type")
+        # `type` is a part's tag only when it is a string: in a tool's JSON schema a property may be
+        # named `type` (its value a schema object), and an object is no image.
+        if isinstance(kind, str) and kind in _IMAGE_PARTS:
             return TOKENS_PER_IMAGE
         if isinstance(value.get("text"), str):  # a text part: its text, not its framing
             return estimate_tokens(value["text"])

@@ -28,6 +28,7 @@ from protocols.api import Api
 from protocols.sse import sse_data
 from providers.base import (
     AuthFailed,
+    BadRequest,
     Completion,
     Health,
     ProviderError,
@@ -87,7 +88,10 @@ def map_error(exc: BaseException, target: str) -> ProviderError:
             status = ERROR_TYPE_STATUS.get(exc.type or "", 500)
         retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
         label = f"anthropic {status} {exc.type}" if exc.type else f"anthropic {status}"
-        return error_from_status(status, f"{label}: {message}", target=target, retry_after=retry_after)
+        error = error_from_status(status, f"{label}: {message}", target=target, retry_after=retry_after)
+        if isinstance(error, BadRequest):  # the caller's own 400: Anthropic's words, unchanged
+            error = type(error)(message, target=target, upstream_status=status)
+        return error
     if isinstance(exc, (anthropic.APIConnectionError, httpx2.TransportError)):
         return Unavailable(f"anthropic: connection failed ({exc})", target=target)
     if isinstance(exc, anthropic.APIResponseValidationError):

@@ -89,6 +89,8 @@ class OpenAIProvider:
         # `read` bounds the wait for each byte, the first included: a hung upstream fails over
         # after `first_token`, streamed or not; `total` is the executor's deadline.
         kwargs["timeout"] = httpx2.Timeout(t.total, connect=t.connect, read=min(t.first_token, t.total))
+        if request.forward_headers:  # the caller's headers, for a target speaking its protocol
+            kwargs["extra_headers"] = request.forward_headers
         return resource(self.client), kwargs
 
     def _hinted(self, request: ProviderRequest) -> ProviderRequest:

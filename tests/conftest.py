@@ -36,6 +36,7 @@ def openai_stub(_module_stub):
     control.reply = None
     control.refusal = None
     control.usage_every_chunk = False
+    control.responder = None
     control.chunks = None
     control.delay_seconds = 0.0
     control.chunk_delay = 0.0

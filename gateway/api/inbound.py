@@ -74,11 +74,22 @@ async def _send_stream(send: Send, reply: Reply) -> None:
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
+def internal_error() -> GatewayError:
+    """A bug of ours, in the caller's protocol (an Anthropic SDK must see Anthropic's error shape
+    even then): a plain 500 whose body says nothing about the internals."""
+    return GatewayError(500, "The gateway hit an internal error.", type="server_error", code="internal_error")
+
+
 async def _respond(send: Send, gateway: Gateway, api: Api, raw: bytes, headers: dict[str, str]) -> None:
     try:
         reply = await gateway.handle(api, raw, headers)
     except GatewayError as exc:
         await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
+        return
+    except Exception:
+        log.exception("unhandled error on %s", api)
+        error = internal_error()
+        await _send_json(send, error.status, error.body(api), {})
         return
     if reply.stream is None:
         await _send_json(send, reply.status, reply.body, reply.headers)

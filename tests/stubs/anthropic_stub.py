@@ -89,9 +89,11 @@ TOP_LEVEL_FIELDS = frozenset(
         "model", "messages", "max_tokens", "system", "metadata", "stop_sequences", "stream",
         "temperature", "top_p", "top_k", "tools", "tool_choice", "thinking", "service_tier",
         "container", "mcp_servers", "output_config", "cache_control", "inference_geo", "speed",
-        "diagnostics",
+        "diagnostics", "context_management",
     }
 )
+# Betas under which `messages` may hold `role: "system"` turns (what Claude Code's default model sends).
+SYSTEM_TURN_BETAS = ("mid-conversation-", "per-turn-control-")
 IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,128}$")
 
@@ -142,6 +144,9 @@ class StubController:
         self.strict_alternation = strict_alternation
         self.cache_min_tokens = cache_min_tokens
         self.default = Reply()
+        # Decides a reply from the request when the script is empty (e.g. an agent's tool round:
+        # a tool call while no tool result is in the conversation, then the final text); None: `default`.
+        self.responder: Any = None
         self.requests: list[RecordedRequest] = []
         self._script: deque[Reply] = deque()
         self._cached_prefixes: set[str] = set()
@@ -185,6 +190,7 @@ class StubController:
             self.requests.clear()
             self._cached_prefixes.clear()
             self.default = Reply()
+            self.responder = None
 
     # ---- reading ---------------------------------------------------------------------------
     @property
@@ -208,9 +214,12 @@ class StubController:
         with self._lock:
             self.requests.append(request)
 
-    def _next_reply(self) -> Reply:
+    def _next_reply(self, body: Any = None) -> Reply:
         with self._lock:
-            return self._script.popleft() if self._script else self.default
+            if self._script:
+                return self._script.popleft()
+        decided = self.responder(body) if self.responder is not None and isinstance(body, dict) else None
+        return decided if decided is not None else self.default
 
     def _cache_lookup(self, key: str) -> bool:
         """True on a hit; a miss stores the key (the entry is 'created')."""
@@ -258,7 +267,7 @@ def _validate_block(block: Any, where: str, role: str) -> None:
         raise _Invalid(f"{where}.type: unknown content block type {kind!r}")
 
 
-def _validate(body: Any, strict_alternation: bool) -> None:
+def _validate(body: Any, strict_alternation: bool, betas: str = "") -> None:
     _check(isinstance(body, dict), "body: Input should be an object")
     extra = sorted(set(body) - TOP_LEVEL_FIELDS)
     _check(not extra, f"{', '.join(extra)}: Extra inputs are not permitted")
@@ -277,8 +286,16 @@ def _validate(body: Any, strict_alternation: bool) -> None:
     _check(isinstance(messages, list) and messages, "messages: at least one message is required")
     previous_role = None
     pending_tool_ids: set[str] = set()
+    system_turns = any(beta.strip().startswith(SYSTEM_TURN_BETAS) for beta in betas.split(","))
     for i, message in enumerate(messages):
         role = message.get("role") if isinstance(message, dict) else None
+        if role == "system" and system_turns:  # text only, and outside the user/assistant alternation
+            content = message.get("content")
+            blocks = [{"type": "text", "text": content}] if isinstance(content, str) else content
+            _check(isinstance(blocks, list) and blocks and all(isinstance(b, dict) and b.get("type") == "text"
+                                                               and b.get("text") for b in blocks),
+                   f"messages.{i}.content: system messages carry non-empty text blocks only")
+            continue
         _check(role in ("user", "assistant"), f"messages.{i}.role: Input should be 'user' or 'assistant'")
         if strict_alternation:
             _check(role != previous_role, f"messages.{i}: roles must alternate between user and assistant")
@@ -302,7 +319,7 @@ def _validate(body: Any, strict_alternation: bool) -> None:
                f"tools.{i}.name: String should match pattern '^[a-zA-Z0-9_-]{{1,128}}$'")
         schema = tool.get("input_schema")
         _check(isinstance(schema, dict) and schema.get("type") == "object", f"tools.{i}.input_schema.type: Input should be 'object'")
-        _check(not (set(tool) - {"name", "description", "input_schema", "cache_control", "type"}),
+        _check(not (set(tool) - {"name", "description", "input_schema", "cache_control", "type", "defer_loading"}),
                f"tools.{i}: Extra inputs are not permitted")
     choice = body.get("tool_choice")
     if choice is not None:
@@ -541,13 +558,13 @@ class AnthropicStub:
         body, refusal = await self._receive(request)
         if refusal is not None:
             return refusal
-        reply = self.controller._next_reply()
+        reply = self.controller._next_reply(body)
         if reply.delay:
             await asyncio.sleep(reply.delay)
         if reply.status >= 400:
             return _error_response(reply.status, reply.error_type, reply.error_message, reply.retry_after)
         try:
-            _validate(body, self.controller.strict_alternation)
+            _validate(body, self.controller.strict_alternation, request.headers.get("anthropic-beta", ""))
         except _Invalid as exc:
             return _error_response(400, message=str(exc))
         message = _answer(body, reply, self.controller)
@@ -570,7 +587,8 @@ class AnthropicStub:
         if refusal is not None:
             return refusal
         try:
-            _validate({**body, "max_tokens": 1}, self.controller.strict_alternation)
+            _validate({**body, "max_tokens": 1}, self.controller.strict_alternation,
+                      request.headers.get("anthropic-beta", ""))
         except _Invalid as exc:
             return _error_response(400, message=str(exc))
         return web.json_response({"input_tokens": max(1, _tokens(_prompt_items(body)))})

@@ -65,6 +65,10 @@ class StubControl:
     chunk_delay: float = 0.0  # seconds between streamed chunks (a long stream to hang up on)
     streams_finished: int = 0  # streams sent to the end
     streams_aborted: int = 0  # streams the client (the gateway) closed before the end
+    # Decides the answer from the request (an agent's tool round: a call, then the final text):
+    # `responder("chat", body)` → (text, tool_calls) and `responder("responses", body)` → output
+    # items; None falls back to the echo behaviour.
+    responder: Any = None
 
     def fail_next(self, n: int = 1, **fault: Any) -> None:
         for _ in range(n):
@@ -94,6 +98,10 @@ def _last_user_text(messages: list[dict[str, Any]]) -> str:
 
 
 def _answer(body: dict[str, Any], control: StubControl) -> tuple[str | None, list[dict[str, Any]] | None]:
+    if control.responder is not None:
+        decided = control.responder("chat", body)
+        if decided is not None:
+            return decided
     messages = body.get("messages") or []
     tools = body.get("tools") or []
     last = messages[-1] if messages else {}
@@ -384,6 +392,10 @@ def _responses_answer(body: dict[str, Any], control: StubControl) -> list[dict[s
     (one per tool when parallel calls are allowed), else `echo: <last user text>` or
     `tool said: <outputs>` after function_call_output items; a reasoning item first when the
     caller asked for `reasoning.encrypted_content`."""
+    if control.responder is not None:
+        decided = control.responder("responses", body)
+        if decided is not None:
+            return decided
     items = body.get("input")
     items = [{"type": "message", "role": "user", "content": items}] if isinstance(items, str) else list(items or [])
     last = _responses_last(items)
@@ -417,6 +429,7 @@ def _responses_answer(body: dict[str, Any], control: StubControl) -> list[dict[s
 def _responses_document(body: dict[str, Any], output: list[dict[str, Any]], control: StubControl) -> dict[str, Any]:
     words = sum(len(p["text"].split()) for i in output if i["type"] == "message" for p in i["content"])
     words += sum(len(i["arguments"]) // 8 for i in output if i["type"] == "function_call")
+    words += sum(len(i["input"]) // 8 for i in output if i["type"] == "custom_tool_call")
     reasoning = 3 if any(i["type"] == "reasoning" for i in output) else 0
     prompt = control.usage_prompt_tokens or max(1, len(json.dumps(body.get("input"))) // 4)
     return {
@@ -461,6 +474,14 @@ def _responses_events(document: dict[str, Any]) -> list[dict[str, Any]]:
             for i in range(0, len(args), 8):
                 events.append({"type": "response.function_call_arguments.delta", **where, "delta": args[i:i + 8]})
             events.append({"type": "response.function_call_arguments.done", **where, "arguments": args})
+        elif item["type"] == "custom_tool_call":
+            events.append({"type": "response.output_item.added", "output_index": index,
+                           "item": {**item, "status": "in_progress", "input": ""}})
+            where = {"item_id": item["id"], "output_index": index}
+            text = item["input"]
+            for i in range(0, len(text), 8):
+                events.append({"type": "response.custom_tool_call_input.delta", **where, "delta": text[i:i + 8]})
+            events.append({"type": "response.custom_tool_call_input.done", **where, "input": text})
         else:
             events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
