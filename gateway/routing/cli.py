@@ -14,16 +14,13 @@ from pathlib import Path
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gateway.routing.knn import minilm_embed
+    from gateway.routing import embedders
+    from gateway.routing.corpus import load_labelled
     from gateway.routing.model import DEFAULT_MODEL
     from gateway.routing.train import read_feedback, report_markdown, rows_from_feedback, train
-    from gateway.routing.static_embed import NAME as STATIC_NAME
-    from gateway.routing.static_embed import StaticEmbedder
 
-    if args.embedder == "static":
-        embed, name = StaticEmbedder(), STATIC_NAME
-    else:
-        embed, name = minilm_embed(64), "all-MiniLM-L6-v2 (64 word pieces)"
+    embed, name = embedders.build(args.embedder, args.embed_tokens), embedders.name_of(args.embedder, args.embed_tokens)
+    corpus = load_labelled() if args.data == "corpus" else None  # None: real traffic (ShareGPT)
     feedback = []
     for path in args.feedback or []:
         try:
@@ -31,7 +28,13 @@ def _train(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError) as exc:
             print(f"hybrid-gateway router train: {path}: {exc}", file=sys.stderr)
             return 2
-    model = train(embed, feedback=feedback, l2=args.l2, embedder_name=name, embedder_kind=args.embedder)
+    try:
+        model = train(embed, corpus=corpus, feedback=feedback, l2=args.l2, embedder_name=name,
+                      embedder_kind=args.embedder, embed_tokens=args.embed_tokens)
+    except ModuleNotFoundError as exc:
+        print(f"hybrid-gateway router train: {exc.name} is not installed: pip install 'hybrid-gateway[train]' "
+              "(or --data corpus)", file=sys.stderr)
+        return 2
     out = Path(args.out or DEFAULT_MODEL)
     model.save(out)
     report = out.with_name("TRAINING_REPORT.md") if args.out is None else out.with_suffix(".report.md")
@@ -105,8 +108,12 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
                        help="JSONL of labelled decisions (GET /admin/router/export) or {text, label|score} rows")
     train.add_argument("--feedback-weight", type=float, default=1.0, help="weight of a feedback row vs a corpus row")
     train.add_argument("--l2", type=float, help="fix the L2 strength (default: cross-validated on the train split)")
-    train.add_argument("--embedder", choices=["static", "minilm"], default="static",
-                       help="static: mean of MiniLM word-piece vectors (~0.3 ms); minilm: the full encoder")
+    train.add_argument("--data", choices=["sharegpt", "corpus"], default="sharegpt",
+                       help="sharegpt: real chat turns (needs the `train` extra); corpus: the older shipped corpus")
+    train.add_argument("--embedder", choices=["static", "minilm", "static+minilm"], default="static+minilm",
+                       help="static: mean of MiniLM word-piece vectors (~0.3 ms); minilm: the sentence embedding "
+                            "(the semantic cache's forward pass); static+minilm: both side by side")
+    train.add_argument("--embed-tokens", type=int, default=128, help="word pieces of the turn's head that are embedded")
     train.set_defaults(func=_train)
     info = router_sub.add_parser("info", help="the model's version and the threshold a policy's intent derives")
     info.add_argument("--model", help="model file (default: the shipped one, or the policy's)")

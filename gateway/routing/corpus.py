@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.routing.features import Conversation, ask_of
+
 DATA_DIR = Path(__file__).with_name("data")
 PROMPTS = DATA_DIR / "prompts.jsonl"
 LABELS = DATA_DIR / "labels.jsonl"
@@ -160,6 +162,12 @@ class Labelled:
     hard: int  # 1 = needs a frontier model, 0 = a small model answers acceptably
     confidence: int  # 1-3
     split: str
+    history: tuple[tuple[str, str], ...] = ()  # (role, text) turns before `text` (later turns)
+
+    def ask(self) -> tuple[str, Conversation]:
+        """What the scorer reads at request time: the user's turn and the conversation around it."""
+        messages = [{"role": role, "content": content} for role, content in self.history]
+        return ask_of({"messages": messages + [{"role": "user", "content": self.text}]})
 
 
 def read_jsonl(path: Path) -> list[dict]:

