@@ -12,6 +12,7 @@ import logging
 
 from litestar import Litestar
 
+from gateway.api.body import body_guard
 from gateway.api.inbound import INFERENCE_ROUTES
 from gateway.api.messages import count_tokens
 from gateway.api.errors import EXCEPTION_HANDLERS
@@ -300,6 +301,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[body_guard],  # every body read once, under the deadline and limits
         request_max_body_size=settings.body_ceiling_bytes,
         openapi_config=None,
         debug=False,

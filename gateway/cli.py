@@ -62,8 +62,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.server == "uvicorn":
         import uvicorn
 
+        from gateway.api.uvicorn_protocol import GatewayHttpToolsProtocol  # framing 400s as error JSON
+
         uvicorn.run("gateway.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    loop="uvloop", http="httptools", log_level="warning", access_log=False)
+                    loop="uvloop", http=GatewayHttpToolsProtocol, log_level="warning", access_log=False)
         return 0
     from granian import Granian
     from granian.constants import Interfaces, Loops
