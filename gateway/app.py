@@ -33,7 +33,7 @@ from gateway.learned_scorer import warm_scorer
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets
-from gateway.state import RedisConfig, SharedState
+from state import RedisConfig, SharedState
 from gateway.executor import Executor
 from gateway.telemetry import Telemetry
 from gateway.pipeline import Gateway, Runtime
@@ -149,7 +149,7 @@ def build_runtime(policy: Policy, settings: Settings, clients: Clients, previous
 
 
 def _shared_state(settings: Settings) -> SharedState | None:
-    """The one Redis client of this process (gateway/state/), or None for the embedded default."""
+    """The one Redis client of this process (state/), or None for the embedded default."""
     if not settings.redis_url:
         return None
     config = RedisConfig(url=settings.redis_url, timeout=settings.redis_timeout,

@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         body_read_timeout=args.body_read_timeout,
     )
     if settings.redis_url:
-        from gateway.state import parse_url
+        from state import parse_url
 
         try:
             parse_url(settings.redis_url)

@@ -32,7 +32,7 @@ from gateway.budgets.api import BudgetsBusy, BudgetsUnavailable, Reservation
 from gateway.budgets.memory import MemoryBudgets
 from gateway.budgets.redis_store import RedisBudgets
 from gateway.budgets.share import local_share
-from gateway.state import QuietLog
+from state import QuietLog
 from policies.schema import TenantSpec
 
 log = logging.getLogger("gateway.budgets")

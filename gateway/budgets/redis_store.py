@@ -1,5 +1,5 @@
 """Budgets in Redis (single node, Cluster or Sentinel): reserve, settle, usage and lease renewal
-are one EVALSHA each (`gateway/state/lua/budgets.lua`).
+are one EVALSHA each (`state/lua/budgets.lua`).
 
 Leases: a reservation lives for `lease` seconds (30 by default) and this replica renews the
 leases of its in-flight reservations every `lease / 3` seconds. A replica that dies stops
@@ -27,7 +27,7 @@ from gateway.budgets.api import BudgetsBusy, BudgetsUnavailable, Reservation
 from gateway.budgets.counts import Count, pairs
 from gateway.budgets.render import exceeded, reservation, usage_doc
 from gateway.budgets.windows import Planner, check_request, usd_to_nano
-from gateway.state import (
+from state import (
     Failure,
     Gate,
     QuietLog,

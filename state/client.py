@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from gateway.state.gate import Gate
-from gateway.state.health import StoreHealth
-from gateway.state.topology import RedisConfig, connect, parse_url
+from state.gate import Gate
+from state.health import StoreHealth
+from state.topology import RedisConfig, connect, parse_url
 
 
 @dataclass(slots=True)

@@ -1,4 +1,4 @@
-"""Lua scripts live as files under `gateway/state/lua/`; this loads and registers them.
+"""Lua scripts live as files under `state/lua/`; this loads and registers them.
 
 One script per store (budgets, breakers), one EVALSHA per operation; redis-py reloads a script
 after SCRIPT FLUSH or a fail-over to a node that never saw it (NOSCRIPT → SCRIPT LOAD → retry).
