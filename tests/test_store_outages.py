@@ -13,6 +13,7 @@ import time
 import httpx
 import pytest
 
+from state import RedisConfig, SharedState
 from tests.gateway_proc import GatewayProcess
 from tests.redis_servers import Cluster, RedisServer
 from tests.test_budgets_http import ADMIN, KEY_A, MESSAGES, policy_for, upstream  # noqa: F401  (fixture)
@@ -69,6 +70,20 @@ def recovered(gw: GatewayProcess, seconds: float) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+async def test_cluster_health_probe_asks_every_master():
+    # A plain RedisCluster.ping is answered by one node: with another master dead it said "up".
+    c = Cluster()  # no replicas: a dead master stays dead
+    state = SharedState.connect(RedisConfig(url=c.url, timeout=0.5), "t:")
+    try:
+        assert await state.start() and await state.health.probe()
+        answering = state.probe_client.get_default_node().port
+        next(n for n in c.nodes if n.port != answering).stop()
+        assert not await state.health.probe()
+    finally:
+        await state.aclose()
+        c.stop()
 
 
 def test_cluster_master_killed_readiness_follows_requests_without_flapping(tmp_path, upstream, cluster):
