@@ -26,8 +26,8 @@ from dataclasses import dataclass
 from collections import OrderedDict
 from typing import Protocol, runtime_checkable
 
-from gateway.state import Failure, Gate, QuietLog, StoreBusy, StoreHealth, classify
-from gateway.state.health import UntrackedHealth
+from state import Failure, Gate, QuietLog, StoreBusy, StoreHealth, classify
+from state.health import UntrackedHealth
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ class RedisStore:
     `timeout` bounds every operation (seconds, None: only the client's own socket timeouts);
     `backoff` is how long to skip Redis after a failure. `owns_client`: whether `aclose` closes
     the Redis client (leave False when the client is shared with other stores). `health` is the
-    state layer's shared outage detector (`gateway.state.StoreHealth`): while it says the store
+    state layer's shared outage detector (`state.StoreHealth`): while it says the store
     is down every call is a miss at once, and a failure here tells it (one probe, not one
     timeout per request). Failures are logged at most once per 30 s per operation.
     """

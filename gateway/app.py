@@ -12,6 +12,7 @@ import logging
 
 from litestar import Litestar
 
+from gateway.api.body import body_guard
 from gateway.api.inbound import INFERENCE_ROUTES
 from gateway.api.messages import count_tokens
 from gateway.api.errors import EXCEPTION_HANDLERS
@@ -33,7 +34,7 @@ from gateway.routing.sticky import Stickiness
 from gateway.auth import KeyRing, hash_key
 from gateway.breaker import BreakerConfig, BreakerGate, Breakers, MemoryBreakerStore, RedisBreakerStore
 from gateway.budgets import FailoverBudgets, MemoryBudgets, RedisBudgets
-from gateway.state import RedisConfig, SharedState
+from state import RedisConfig, SharedState
 from gateway.executor import Executor
 from gateway.telemetry import Telemetry
 from gateway.pipeline import Gateway, Runtime
@@ -133,6 +134,26 @@ async def _publish_state(gateway: Gateway, breakers: Breakers, telemetry: Teleme
         await asyncio.sleep(interval)
 
 
+async def _store_readiness(health, fail_mode: str) -> dict[str, dict]:
+    """What requests get from the shared store, as readiness reports it.
+
+    One bounded probe (every master of a Cluster; a hung store must not hang the check). A probe
+    that fails opens the outage for requests too (they then fail fast instead of each timing out),
+    so readiness and requests agree. It never closes an outage: only the background recovery loop
+    does, so one lucky answer cannot flip the store up and down. Fail-closed serves nothing while
+    the store is down (not ready); fail-open serves from a local share (ready, degraded).
+    """
+    if not await health.probe():
+        health.mark_down(ConnectionError("readiness probe: no answer"))
+    down = health.down
+    tolerated = fail_mode == "open"
+    detail = "redis: no answer" if down else "redis"
+    budgets = f"fail-{fail_mode}" + (", serving from a local fallback" if down and tolerated else
+                                     ", refusing requests (503)" if down else "")
+    return {"state_store": {"ok": not down or tolerated, "degraded": down, "detail": detail},
+            "budgets": {"ok": not down or tolerated, "degraded": down, "detail": budgets}}
+
+
 def dev_tenants(settings: Settings) -> dict[str, TenantSpec]:
     return {"dev": TenantSpec(keys=[hash_key(settings.dev_key)])} if settings.dev_key else {}
 
@@ -149,7 +170,7 @@ def build_runtime(policy: Policy, settings: Settings, clients: Clients, previous
 
 
 def _shared_state(settings: Settings) -> SharedState | None:
-    """The one Redis client of this process (gateway/state/), or None for the embedded default."""
+    """The one Redis client of this process (state/), or None for the embedded default."""
     if not settings.redis_url:
         return None
     config = RedisConfig(url=settings.redis_url, timeout=settings.redis_timeout,
@@ -177,7 +198,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             budgets = FailoverBudgets(
                 RedisBudgets(shared.redis, prefix=settings.redis_prefix, lease=settings.budget_lease,
                              gate=shared.gate, health=shared.health, owns_client=False,
-                             confirm_replicas=1 if shared.kind == "sentinel" else 0),
+                             confirm_replicas=shared.confirm_replicas),
                 mode=settings.budgets_fail_mode)
             store = RedisStore(shared.redis, prefix=settings.redis_prefix + "cache:", health=shared.health,
                                gate=shared.gate)
@@ -269,23 +290,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
         if watcher.last_error is not None:  # still serving the last valid policy
             detail += f"; last reload rejected: {watcher.last_error}"
         checks: dict[str, dict] = {"policy": {"ok": True, "detail": detail}}
-        redis = app.state.redis
-        if redis is not None:
-            # Fail-open keeps serving from a local fallback, so an unreachable Redis must not take
-            # the replica out of rotation there: it is reported as degraded instead.
-            tolerated = settings.budgets_fail_mode == "open"
-            # One bounded probe: a hung store must not hang the readiness check.
-            if await app.state.shared_state.health.probe():
-                checks["state_store"] = {"ok": True, "detail": "redis"}
-            else:
-                checks["state_store"] = {"ok": tolerated, "degraded": True, "detail": "redis: no answer"}
-            budgets = app.state.gateway.budgets
-            degraded = getattr(budgets, "degraded", False)
-            checks["budgets"] = {
-                "ok": await budgets.ping(),
-                "degraded": degraded,
-                "detail": f"fail-{settings.budgets_fail_mode}" + (", serving from a local fallback" if degraded else ""),
-            }
+        shared = app.state.shared_state
+        if shared is not None:
+            checks.update(await _store_readiness(shared.health, settings.budgets_fail_mode))
         else:
             checks["state_store"] = {"ok": True, "detail": "memory (embedded default)"}
         for name, provider in app.state.gateway.runtime.providers.items():
@@ -304,6 +311,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         on_startup=[startup],
         on_shutdown=[shutdown],
         exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[body_guard],  # every body read once, under the deadline and limits
         request_max_body_size=settings.body_ceiling_bytes,
         openapi_config=None,
         debug=False,

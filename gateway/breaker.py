@@ -52,7 +52,7 @@ from gateway.breaker_store import (
     MemoryBreakerStore,
     RedisBreakerStore,
 )
-from gateway.state import QuietLog
+from state import QuietLog
 
 log = logging.getLogger("gateway.breaker")
 _quiet = QuietLog(log)  # a store outage must not log once per request

@@ -1,7 +1,7 @@
 """Where breaker state lives: the state machine's data (`BreakerConfig`, `BreakerState`), the
 store contract, and its two implementations: `MemoryBreakerStore` (one process; the reference the
 Lua script mirrors) and `RedisBreakerStore` (every replica; one EVALSHA of
-`gateway/state/lua/breaker.lua` per operation, Cluster safe). The state machine itself is
+`state/lua/breaker.lua` per operation, Cluster safe). The state machine itself is
 described in `gateway/breaker.py`.
 """
 
@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from gateway.state import Failure, Gate, StoreHealth, classify, register
+from state import Failure, Gate, StoreHealth, classify, register
 
 CLOSED = "closed"
 OPEN = "open"
@@ -194,7 +194,7 @@ class MemoryBreakerStore:
 # ---------------------------------------------------------------------------------------------
 # Redis store
 
-# One hash per key, one key per EVALSHA (Cluster safe): see gateway/state/lua/breaker.lua.
+# One hash per key, one key per EVALSHA (Cluster safe): see state/lua/breaker.lua.
 
 
 def _parse(reply: list[Any]) -> tuple[bool, BreakerState]:

@@ -36,7 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
         body_read_timeout=args.body_read_timeout,
     )
     if settings.redis_url:
-        from gateway.state import parse_url
+        from state import parse_url
 
         try:
             parse_url(settings.redis_url)
@@ -62,8 +62,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.server == "uvicorn":
         import uvicorn
 
+        from gateway.api.uvicorn_protocol import GatewayHttpToolsProtocol  # framing 400s as error JSON
+
         uvicorn.run("gateway.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    loop="uvloop", http="httptools", log_level="warning", access_log=False)
+                    loop="uvloop", http=GatewayHttpToolsProtocol, log_level="warning", access_log=False)
         return 0
     from granian import Granian
     from granian.constants import Interfaces, Loops

@@ -108,7 +108,7 @@ class Delivery:
             gateway.caching.store_later(self.found, completion.body, usage, self.plan.cache, gateway.accounting.later)
         if self.session.keeps(self.inbound):  # before the reply: a caller may continue from it at once
             await self.session.remember(self.inbound, call.tenant, completion.body)
-        return Reply(200, call.headers, body=completion.body)
+        return Reply(200, call.headers, body=self.session.presenter(self.inbound).reply(completion.body))
 
     async def stream(self) -> Reply:
         gateway, call = self.gateway, self.call
@@ -128,6 +128,8 @@ class Delivery:
         remember = self.session.keeps(self.inbound)
         kept: list[bytes] | None = list(start.head) if cache or remember else None
         rest = start.rest if kept is None else _keeping(start.rest, kept)
+        present = self.session.presenter(self.inbound)  # kept (stored, cached) as the upstream wrote it
+        head, rest = [present.event(payload) for payload in start.head], present.events(rest)
 
         async def settle(outcome: StreamOutcome) -> None:
             usd = cost_of(candidate, outcome.usage)
@@ -144,7 +146,7 @@ class Delivery:
                            fallbacks=len(start.failures), cache=str(self.found.decision.status))
 
         frames = relay(
-            call.wire, start.head, rest,
+            call.wire, head, rest,
             include_usage=self.inbound.include_usage,
             prompt_tokens_estimate=self.admitted.prompt_tokens,
             deadline=time.monotonic() + candidate.timeouts.total,

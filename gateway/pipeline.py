@@ -250,9 +250,10 @@ class Gateway:
         self.telemetry.cache_event(call.tenant, plan.model, "hit", saved.tokens, saved.usd)
         self.record(call, None, Usage(), 0.0, status=200, error=None, ttft_s=time.perf_counter() - call.started,
                     fallbacks=0, cache="hit")
+        present = self.sessions.get(inbound.api, NO_SESSION).presenter(inbound)
         if not inbound.stream:
-            return Reply(200, call.headers, body=hit.body)
-        return Reply(200, call.headers, stream=replay(call.wire, inbound, hit))
+            return Reply(200, call.headers, body=present.reply(hit.body))
+        return Reply(200, call.headers, stream=present.events(replay(call.wire, inbound, hit)))
 
     # -- outcomes ---------------------------------------------------------------------------------
 

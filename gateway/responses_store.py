@@ -21,14 +21,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
 
 from cache.store import Store
 from protocols.errors import GatewayError
-from protocols.openai_responses import WIRE, ResponsesWire
+from gateway.sessions import AS_IS, Presenter
+from protocols.openai_responses import WIRE, ResponsesWire, event_type
 from protocols.wire import Inbound
 
 _encode = msgspec.json.encode
@@ -152,6 +153,10 @@ class ResponseStore:
     def keeps(self, inbound: Inbound) -> bool:
         return bool(getattr(inbound.view, "stored", False))
 
+    def presenter(self, inbound: Inbound) -> Presenter:
+        previous = getattr(inbound.view, "previous_response_id", None)
+        return AS_IS if previous is None else ContinuedFrom(previous)
+
     async def remember(self, inbound: Inbound, tenant: str, answer: bytes) -> None:
         response = _decode(answer)
         if not isinstance(response, dict) or not isinstance(response.get("id"), str):
@@ -181,3 +186,48 @@ class ResponseStore:
         page = items[:limit]
         return {"object": "list", "data": page, "first_id": page[0]["id"] if page else None,
                 "last_id": page[-1]["id"] if page else None, "has_more": len(items) > len(page)}
+
+
+# The stream events that carry the whole response object (and so its previous_response_id).
+_RESPONSE_EVENTS = frozenset({"response.created", "response.queued", "response.in_progress", "response.completed",
+                              "response.incomplete", "response.failed"})
+
+
+class ContinuedFrom:
+    """The live answer of a request continued with `previous_response_id`: the upstream was sent
+    the rebuilt conversation instead, so its answer says null; the caller sees the id it sent,
+    as in the stored copy (`remember`)."""
+
+    def __init__(self, previous: str) -> None:
+        self.previous = previous
+
+    def reply(self, body: bytes) -> bytes:
+        try:
+            response = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            return body
+        if not isinstance(response, dict):
+            return body
+        response["previous_response_id"] = self.previous
+        return msgspec.json.encode(response)
+
+    def event(self, payload: bytes) -> bytes:
+        if event_type(payload) not in _RESPONSE_EVENTS:
+            return payload
+        try:
+            event = msgspec.json.decode(payload)
+        except msgspec.DecodeError:
+            return payload
+        if not isinstance(event, dict) or not isinstance(event.get("response"), dict):
+            return payload
+        event["response"]["previous_response_id"] = self.previous
+        return msgspec.json.encode(event)
+
+    async def events(self, payloads: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        try:
+            async for payload in payloads:
+                yield self.event(payload)
+        finally:
+            aclose = getattr(payloads, "aclose", None)
+            if aclose is not None:
+                await aclose()

@@ -32,7 +32,7 @@ class Settings:
     admin_key: str | None = None  # an admin key besides the policy's admin_keys (GATEWAY_ADMIN_KEY)
     cache_dir: str = field(default_factory=default_cache_dir)
     budgets_fail_mode: str = "closed"  # or "open": Redis down → local share + journal
-    # The state layer's Redis client (gateway/state/): per-command timeout, commands in flight per
+    # The state layer's Redis client (state/): per-command timeout, commands in flight per
     # process (also the pool size per node), how long an excess command queues before 503.
     redis_timeout: float = 0.5
     redis_pool_size: int = 64

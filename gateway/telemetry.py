@@ -585,7 +585,7 @@ class Telemetry:
         cell.value = remaining
 
     def state_layer(self, up: bool, journal_pending: int, overspend: dict[str, float]) -> None:
-        """The shared-state layer's health (gateway/state/) and the fail-open books (budgets)."""
+        """The shared-state layer's health (state/) and the fail-open books (budgets)."""
         with self._lock:
             _cell(self._store_up, {}).value = 1 if up else 0
             _cell(self._journal, {}).value = journal_pending

@@ -89,19 +89,61 @@ def _cluster_port() -> int:
 
 
 class Cluster:
-    """Three masters, no replicas, slots spread by `redis-cli --cluster create`."""
+    """Three masters (each with `replicas` replicas), slots spread by `redis-cli --cluster create`."""
 
-    def __init__(self) -> None:
+    def __init__(self, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
         self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                  "--cluster-node-timeout", "2000", port=_cluster_port()) for _ in range(3)]
+                                  "--cluster-node-timeout", str(node_timeout_ms), port=_cluster_port())
+                      for _ in range(3 * (1 + replicas))]
         subprocess.run([REDIS_CLI, "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
-                        "--cluster-yes"], check=True, capture_output=True, timeout=30)
+                        "--cluster-replicas", str(replicas), "--cluster-yes"], check=True, capture_output=True, timeout=30)
         _wait(lambda: all("cluster_state:ok" in _text(n.client().execute_command("CLUSTER", "INFO")) for n in self.nodes),
               15, "cluster_state:ok")
-        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+        if replicas:
+            _wait(lambda: len(self.replicas()) == 3 * replicas and all(
+                r.client().info("replication").get("master_link_status") == "up" for r in self.replicas()),
+                15, "replica links")
+        self.url = "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes[:3])
+
+    def _view(self) -> list[list[str]]:
+        """CLUSTER NODES as a live node sees it (paused or dead nodes are skipped)."""
+        for node in self.nodes:
+            if node.proc.poll() is None:
+                try:
+                    text = redis.Redis(port=node.port, socket_timeout=0.3).execute_command("CLUSTER", "NODES")
+                except (redis.RedisError, OSError):
+                    continue
+                return [line.split() for line in _text(text).splitlines() if line.strip()]
+        raise RuntimeError("no cluster node answers")
+
+    def _by_port(self, port: int) -> RedisServer:
+        return next(n for n in self.nodes if n.port == port)
+
+    def masters(self) -> list[RedisServer]:
+        return [self._by_port(int(f[1].split("@")[0].rsplit(":", 1)[1])) for f in self._view()
+                if "master" in f[2] and "fail" not in f[2]]
+
+    def owner(self, key: str) -> RedisServer:
+        """The master that serves `key`'s slot, as a live node sees it."""
+        slot = redis.Redis(port=self.masters()[0].port, socket_timeout=1).execute_command("CLUSTER", "KEYSLOT", key)
+        for f in self._view():
+            if "master" in f[2] and "fail" not in f[2]:
+                for part in f[8:]:
+                    start, _, end = part.partition("-")
+                    if start.isdigit() and int(start) <= slot <= int(end or start):
+                        return self._by_port(int(f[1].split("@")[0].rsplit(":", 1)[1]))
+        raise LookupError(key)
+
+    def replica_of(self, master: RedisServer) -> RedisServer:
+        ids = {f[0]: f for f in self._view()}
+        master_id = next(i for i, f in ids.items() if f[1].startswith(f"127.0.0.1:{master.port}@"))
+        return next(self._by_port(int(f[1].split("@")[0].rsplit(":", 1)[1])) for f in ids.values() if f[3] == master_id)
+
+    def replicas(self) -> list[RedisServer]:
+        return [self._by_port(int(f[1].split("@")[0].rsplit(":", 1)[1])) for f in self._view() if "slave" in f[2]]
 
     def flush(self) -> None:
-        for n in self.nodes:
+        for n in self.masters():
             n.client().flushall()
 
     def stop(self) -> None:

@@ -34,7 +34,7 @@ from gateway.budgets import (
     Reservation,
     openai_duration,
 )
-from gateway.state import Failure, Gate, StoreHealth, classify
+from state import Failure, Gate, StoreHealth, classify
 from policies.schema import TenantLimits, TenantSpec
 from tests.redis_servers import RedisServer
 

@@ -329,6 +329,21 @@ def test_custom_tools_reach_a_claude_target_as_functions_and_come_back_as_custom
     assert (result["type"], result["tool_use_id"]) == ("tool_result", "toolu_9")
 
 
+
+@pytest.mark.parametrize("model", ["gpt-test", "claude-test"])  # verbatim, translated
+def test_the_live_reply_names_the_previous_response_it_continues(a, claude, openai_stub, model):
+    first = a.responses.create(model=model, input="remember the word kiwi", max_output_tokens=50)
+    second = a.responses.create(model=model, previous_response_id=first.id, input="what word?", max_output_tokens=50)
+    assert second.previous_response_id == first.id
+    with a.responses.stream(model=model, previous_response_id=second.id, input="again?", max_output_tokens=50) as stream:
+        events = _events(stream)
+        final = stream.get_final_response()
+    carried = [e.response.previous_response_id for e in events if e.type.startswith("response.") and hasattr(e, "response")]
+    assert carried and set(carried) == {second.id}, carried
+    assert final.previous_response_id == second.id
+    assert a.responses.retrieve(final.id).previous_response_id == second.id
+    assert a.responses.create(model=model, input="fresh", max_output_tokens=50).previous_response_id is None
+
 def test_claude_target_refuses_hosted_tools_and_continues_an_openai_conversation(a, claude, openai_stub):
     with pytest.raises(openai.BadRequestError) as caught:
         a.responses.create(model="claude-test", input="search", tools=[{"type": "web_search"}])

@@ -19,7 +19,7 @@ from gateway.budgets import (
     FailoverBudgets,
     RedisBudgets,
 )
-from gateway.state import RedisConfig, SharedState, parse_url
+from state import RedisConfig, SharedState, parse_url
 from policies.schema import TenantLimits, TenantSpec
 from tests.redis_servers import Cluster, SentinelSet
 

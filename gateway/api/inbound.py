@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
 
+from gateway.api.body import BodyCutShort, body_ceiling, read_body
 from gateway.pipeline import Gateway, Reply
 from protocols.api import Api
 from protocols.errors import GatewayError, body_for, status_for
@@ -37,23 +38,6 @@ async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, st
     await send({"type": "http.response.start", "status": status,
                 "headers": [_JSON, (b"content-length", str(len(body)).encode()), *_headers(headers)]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def _read_body(receive: Receive, ceiling: int) -> bytes:
-    """The whole body, refused as soon as it grows past `ceiling` (whatever was declared)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ConnectionAbortedError
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > ceiling:
-            raise GatewayError(413, f"Request body too large: the maximum is {ceiling} bytes.", code="request_too_large")
-        chunks.append(chunk)
-        if not message.get("more_body"):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def _cancel_when_gone(receive: Receive, task: asyncio.Task) -> None:
@@ -111,26 +95,12 @@ def endpoint(path: str, api: Api):
         app = scope["app"]
         gateway: Gateway = app.state.gateway
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        try:
-            declared = int(headers.get("content-length") or 0)
-            # The policy's limit, enforced as the body arrives (chunked bodies declare nothing).
-            ceiling = min(app.state.settings.body_ceiling_bytes, gateway.runtime.policy.limits.max_body_bytes)
-            if declared > ceiling:
-                raise GatewayError(413, f"Request body too large: the maximum is {ceiling} bytes.",
-                                   code="request_too_large")
-            async with asyncio.timeout(app.state.settings.body_read_timeout):
-                raw = await _read_body(receive, ceiling)
+        try:  # the body guard (gateway/api/body.py) has read it whole under the deadline and limits
+            raw = await read_body(receive, body_ceiling(app.state))
         except GatewayError as exc:
             await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
             return
-        except ConnectionAbortedError:
-            return
-        except TimeoutError:
-            await _send_json(send, 408, body_for(api, 408, "The request body did not arrive in time.",
-                                                 code="request_timeout"), {"connection": "close"})
-            return
-        except ValueError:
-            await _send_json(send, 400, body_for(api, 400, "Invalid Content-Length header.", code="invalid_request"), {})
+        except BodyCutShort:
             return
         # One watcher per request cancels this task if the caller hangs up: the upstream call or
         # stream is closed by the cancellation, and settlement charges what was delivered.

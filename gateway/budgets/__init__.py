@@ -2,7 +2,7 @@
 
 Before a call, `reserve` checks EVERY window of the tenant (and of the model's overrides) against
 `spent + reserved + this request's estimate` and reserves in all of them, or in none, in one atomic
-step: one Lua script on Redis (`gateway/state/lua/budgets.lua`), or one synchronous critical
+step: one Lua script on Redis (`state/lua/budgets.lua`), or one synchronous critical
 section in `MemoryBudgets`. After the call, `settle` replaces the estimate with the actual usage,
 idempotently per reservation, and frees the concurrency slot. A reservation whose lease is not
 renewed (a crashed replica) is reclaimed by the next `reserve`/`usage` of the same tenant.

@@ -12,9 +12,9 @@ Back-pressure (`BudgetsBusy`: this replica's own pool is exhausted, or the store
 but answers a probe) never flips the mode; the excess caller gets 503 + Retry-After.
 
 A settle never raises for unavailability (the reply is already gone): it is queued and
-replayed. On Sentinel (asynchronous replicas) a settle no replica acknowledged within a short WAIT
-is held for `hold_seconds` and replayed after the next outage, so a fail-over that promotes a
-replica without it does not lose it. ONE replayer at a time pops an entry before settling it and puts it back at the head
+replayed. Where a master has replicas (Sentinel, a Cluster with replicas: asynchronous replication)
+a settle no replica acknowledged within a short WAIT is held for `hold_seconds` and replayed after
+the next outage, so a fail-over that promotes a replica without it does not lose it. ONE replayer at a time pops an entry before settling it and puts it back at the head
 on failure, so concurrent recoveries can neither replay a settle twice nor drop one.
 """
 
@@ -32,7 +32,7 @@ from gateway.budgets.api import BudgetsBusy, BudgetsUnavailable, Reservation
 from gateway.budgets.memory import MemoryBudgets
 from gateway.budgets.redis_store import RedisBudgets
 from gateway.budgets.share import local_share
-from gateway.state import QuietLog
+from state import QuietLog
 from policies.schema import TenantSpec
 
 log = logging.getLogger("gateway.budgets")

@@ -1,6 +1,6 @@
 """Budgets in one process: the embedded default, and the local fallback while Redis is down.
 
-Same semantics as the Lua script (`gateway/state/lua/budgets.lua`), op for op; every operation
+Same semantics as the Lua script (`state/lua/budgets.lua`), op for op; every operation
 runs synchronously under one lock, so no await can interleave between check and reserve.
 """
 

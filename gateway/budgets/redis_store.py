@@ -1,5 +1,5 @@
 """Budgets in Redis (single node, Cluster or Sentinel): reserve, settle, usage and lease renewal
-are one EVALSHA each (`gateway/state/lua/budgets.lua`).
+are one EVALSHA each (`state/lua/budgets.lua`).
 
 Leases: a reservation lives for `lease` seconds (30 by default) and this replica renews the
 leases of its in-flight reservations every `lease / 3` seconds. A replica that dies stops
@@ -27,7 +27,7 @@ from gateway.budgets.api import BudgetsBusy, BudgetsUnavailable, Reservation
 from gateway.budgets.counts import Count, pairs
 from gateway.budgets.render import exceeded, reservation, usage_doc
 from gateway.budgets.windows import Planner, check_request, usd_to_nano
-from gateway.state import (
+from state import (
     Failure,
     Gate,
     QuietLog,
@@ -35,6 +35,7 @@ from gateway.state import (
     StoreHealth,
     classify,
     register,
+    run_confirmed,
 )
 from policies.schema import TenantSpec
 
@@ -91,21 +92,13 @@ class RedisBudgets:
     def _head(self, op: str, tenant: str, now: float) -> list[Any]:
         return [op, int(now * 1000), self.plan.record_prefix(tenant), self.reclaim_batch, max(1, int(self.tombstone_ttl))]
 
-    async def _eval_and_wait(self, keys: list[str], args: list[Any], replicas: int) -> int:
-        """EVALSHA then WAIT on one connection (a pipeline): how many replicas have the write."""
-        async with self.redis.pipeline(transaction=False) as pipe:
-            await self._script(keys=keys, args=args, client=pipe)
-            pipe.execute_command("WAIT", replicas, int(self.confirm_timeout * 1000))
-            replies = await pipe.execute()
-        return int(replies[-1])
-
     async def _run(self, keys: list[str], args: list[Any], wait: int = 0) -> Any:
         if self.health.down:
             raise BudgetsUnavailable("budget store unreachable (probing in the background)")
         try:
             async with self.gate.slot():
-                if wait:
-                    return await self._eval_and_wait(keys, args, wait)
+                if wait:  # how many replicas have the write (Sentinel, Cluster with replicas)
+                    return await run_confirmed(self.redis, self._script, keys, args, wait, self.confirm_timeout)
                 return await self._script(keys=keys, args=args)
         except asyncio.CancelledError:
             raise
@@ -171,9 +164,10 @@ class RedisBudgets:
                            now, now, "redis", lease)
 
     async def settle(self, reservation: Reservation, *, tokens: int, usd: float, confirm: bool = True) -> bool:
-        """Record the actual usage. With `confirm_replicas` (Sentinel: asynchronous replicas that
-        a fail-over promotes), the settle is followed by WAIT on the same connection; False means
-        no replica acknowledged it within `confirm_timeout` (the caller holds it for a replay)."""
+        """Record the actual usage. With `confirm_replicas` (Sentinel, or a Cluster with replicas:
+        asynchronous replicas that a fail-over promotes), the settle is followed by WAIT on the same
+        connection; False means no replica acknowledged it within `confirm_timeout` (the caller
+        holds it for a replay)."""
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens}")
         nano = usd_to_nano(usd)

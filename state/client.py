@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from gateway.state.gate import Gate
-from gateway.state.health import StoreHealth
-from gateway.state.topology import RedisConfig, connect, parse_url
+from state.gate import Gate
+from state.health import StoreHealth
+from state.topology import RedisConfig, connect, parse_url, replicas_to_confirm, whole_store_ping
 
 
 @dataclass(slots=True)
@@ -28,6 +28,9 @@ class SharedState:
     kind: str = "single"  # "single" | "cluster" | "sentinel" (see topology.py)
 
     probe_client: Any = None  # the probe's own connection: a full pool must not look like an outage
+    # Replicas a write that must survive a fail-over waits for (settles; see topology.py); set
+    # by `start` from what the store reports.
+    confirm_replicas: int = 0
 
     def __post_init__(self) -> None:
         if self.health is None:
@@ -37,26 +40,31 @@ class SharedState:
     def connect(cls, config: RedisConfig, prefix: str = "gw:", *, probe_interval: float = 1.0) -> SharedState:
         redis = connect(config)
         probe = connect(msgspec.structs.replace(config, pool_size=1, pool_wait=config.timeout))
+        kind = parse_url(config.url).kind
         return cls(
             redis=redis,
             prefix=prefix,
             gate=Gate(config.pool_size, config.pool_wait),
-            health=StoreHealth(probe.ping, probe_timeout=config.timeout, interval=probe_interval),
-            kind=parse_url(config.url).kind,
+            health=StoreHealth(whole_store_ping(probe, kind), probe_timeout=config.timeout, interval=probe_interval),
+            kind=kind,
             probe_client=probe,
         )
 
     async def start(self) -> bool:
-        """Discover the topology (cluster slots, the sentinel's master) before traffic: a
-        RedisCluster initialised by many concurrent first commands drops some of them. Bounded
-        by the command timeout; False if the store does not answer (the fail mode then applies)."""
+        """Discover the topology (cluster slots, the sentinel's master, whether a master has
+        replicas: `confirm_replicas`) before traffic: a RedisCluster initialised by many concurrent
+        first commands drops some of them. Bounded by the command timeout; False if the store does
+        not answer (the fail mode then applies)."""
         try:
             async with asyncio.timeout(max(1.0, 4 * self.health.probe_timeout)):  # type: ignore[union-attr]
-                return bool(await self.redis.ping())
+                reached = bool(await self.redis.ping())
+                self.confirm_replicas = await replicas_to_confirm(self.redis, self.kind)
         except asyncio.CancelledError:
             raise
         except Exception:
-            return False
+            reached = False
+            self.confirm_replicas = 1 if self.kind != "single" else 0  # unknown: assume a fail-over can happen
+        return reached
 
     async def aclose(self) -> None:
         await self.health.aclose()  # type: ignore[union-attr]

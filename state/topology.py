@@ -21,6 +21,7 @@ second, not after redis-py's defaults (no socket timeout, retries with back-off)
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -158,3 +159,36 @@ def connect(config: RedisConfig) -> Any:
     """A redis-py asyncio client for `config.url` (no I/O happens here)."""
     topo = parse_url(config.url)
     return _BUILDERS[topo.kind](config, topo)
+
+
+def whole_store_ping(client: Any, kind: str) -> Callable[[], Awaitable[Any]]:
+    """The health probe: a PING answered by every node that serves data.
+
+    On a Cluster that is every master: a plain `RedisCluster.ping` is answered by one node, so
+    a dead or frozen master (whose slots every request of its tenants needs) looked healthy.
+    One master not answering is an outage until the cluster promotes its replica; redis-py
+    refreshes its slot map after the error, so the next probe asks the promoted one.
+    """
+    if kind == "cluster":
+        return lambda: client.ping(target_nodes=RedisCluster.PRIMARIES)
+    return client.ping
+
+
+async def replicas_to_confirm(client: Any, kind: str) -> int:
+    """How many replicas a write that must survive a fail-over waits for (`WAIT`): one wherever a
+    replica could be promoted without it, else none (a WAIT nobody can answer only costs time).
+
+    Sentinel exists to promote a replica: one. A Cluster or a single node: one if a master reports
+    a connected replica (`INFO replication`; a Cluster's slot map hides replicas until the first
+    write, so it cannot tell), none if not; a Cluster that cannot be asked is assumed to have one.
+    """
+    if kind == "sentinel":
+        return 1
+    try:
+        if kind == "cluster":
+            infos = (await client.info("replication", target_nodes=RedisCluster.PRIMARIES)).values()
+        else:
+            infos = [await client.info("replication")]
+    except Exception:
+        return 1 if kind == "cluster" else 0
+    return 1 if any(int(info.get("connected_slaves", 0)) > 0 for info in infos) else 0

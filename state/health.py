@@ -21,7 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gateway.state.quiet_log import QuietLog
+from state.quiet_log import QuietLog
 
 log = logging.getLogger("gateway.state")
 

@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from gateway.state.errors import StoreBusy
+from state.errors import StoreBusy
 
 
 class Gate:
