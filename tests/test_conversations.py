@@ -16,7 +16,7 @@ from protocols.api import Api
 from protocols.turns import chat_turns, turns_of
 from tests import agent_shapes as shapes
 
-EASY_ASK = "Fix the typo in README.md"
+EASY_ASK = "Add a friendly one-line greeting to the top of README.md"
 HARD_ASK = ("Refactor the scheduler to support preemption with priority classes; design the data structures, "
             "prove it never starves a sequence, and write tests.")
 
@@ -192,7 +192,8 @@ def test_keys_and_expiry():
 
     body = {"messages": [{"role": "user", "content": HARD_ASK}]}
     asyncio.run(run(body))
-    body["messages"] += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": "thanks!"}]
+    body["messages"] += [{"role": "assistant", "content": "ok"},
+                         {"role": "user", "content": "Great, thanks. Write a short friendly thank-you note for the team."}]
     assert asyncio.run(run(body)).sticky == "kept"
     now[0] += 61  # past the TTL: the conversation is decided afresh (and the easy turn goes cheap)
     again = asyncio.run(run(body))

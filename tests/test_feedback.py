@@ -197,4 +197,4 @@ def test_feedback_end_to_end_through_a_gateway(tmp_path, _module_stub):
                            headers={"authorization": f"Bearer {ADMIN}"}, timeout=5)
         row = next(json.loads(line) for line in export.text.splitlines() if rid in line)
         assert row["feedback"]["label"] == "hard" and row["scorer"].startswith("learned@")
-        assert len(row["embedding"]) == 384 and "chars" in row["features"]
+        assert len(row["embedding"]) == 768 and "chars" in row["features"]  # static + contextual MiniLM

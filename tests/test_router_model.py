@@ -34,7 +34,8 @@ from policies.loader import PolicyError, parse_policy
 from protocols.api import Api
 from policies.schema import DifficultySpec, TenantSpec
 
-EASY = "What is the capital of Italy?"
+# Shaped like the real chat traffic the shipped model is trained on (gateway/routing/data/PROVENANCE.md).
+EASY = "Write a short poem about autumn leaves for my daughter's class."
 HARD = ("There is a basket of no more than 5000 apples. If we divide them equally among 7 horses, 3 are left; "
         "among 11 cows, 5 are left; among 13 pigs, 2 are left. How many apples are in the basket? Show each step.")
 
@@ -130,8 +131,9 @@ def test_model_file_round_trips_and_rejects_bad_files(tmp_path, small_corpus):
 def test_shipped_model_loads_and_is_small():
     model = LearnedModel.load(DEFAULT_MODEL)
     assert DEFAULT_MODEL.stat().st_size < 64 * 1024
-    assert model.w_text.shape == (384,) and len(model.calib_scores) == len(model.calib_labels) > 100
-    assert model.report["rows"]["train"] > 800
+    # static word-piece mean + sentence embedding, side by side (embedders.py)
+    assert model.w_text.shape == (768,) and len(model.calib_scores) == len(model.calib_labels) > 500
+    assert model.report["rows"]["train"] > 2000 and model.report["embedder_kind"] == "static+minilm"
 
 
 def test_metrics_and_thresholds():
@@ -205,8 +207,8 @@ def test_default_scorer_is_learned_and_explains_itself():
     # The logit terms add up to the score the router saw.
     logit = sum(hard.features.values())
     assert 1 / (1 + np.exp(-logit)) == pytest.approx(hard.score, abs=1e-3)
-    assert hard.model_input["embedding"].shape == (384,)
-    assert isinstance(scorer._embed, StaticEmbedder), "the shipped model's own (static) embedder"
+    assert hard.model_input["embedding"].shape == (768,)
+    assert scorer._embed.__name__ == "both", "the shipped model's own embedder (static + contextual)"
     a = asyncio.run(scorer.ascore(*ask_of(chat(HARD))))
     assert a.score == pytest.approx(hard.score, abs=1e-4)
 

@@ -17,7 +17,7 @@ from tests.gateway_proc import GatewayProcess
 from tests.stubs.openai_stub import OpenAIStub, StubControl
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-EASY = "Fix the typo in README.md"
+EASY = "Add a friendly one-line greeting to the top of README.md"
 HARD = ("Refactor the scheduler to support preemption with priority classes; design the data structures, "
         "prove it never starves a sequence, and write tests.")
 
@@ -100,7 +100,7 @@ def test_multi_turn_chat_keeps_its_model_across_replicas(replicas):
     messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": HARD}]
     assert _where(_chat(a, messages)) == ("frontier", "new")
     for i, gw in enumerate((b, a, b)):
-        messages += [{"role": "assistant", "content": "Here is the plan."}, {"role": "user", "content": f"thanks! {i}"}]
+        messages += [{"role": "assistant", "content": "Here is the plan."}, {"role": "user", "content": f"Great, thanks. Write a short friendly thank-you note for team {i}."}]
         headers = _chat(gw, messages)
         assert "hard=no" in headers["x-gateway-difficulty"]  # easy on its own...
         assert _where(headers) == ("frontier", "kept")  # ...yet the conversation stays where it started

