@@ -37,7 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .verifier_text import Profile, analyse
+from .verifier_order import crossed, numbers_reordered, symmetric_swap, transposed
+from .verifier_text import Profile, analyse, lexicon
 
 __all__ = ["FEATURES", "RULES", "Verdict", "Verifier", "VerifierModel", "equivalent", "get_verifier", "pair_features",
            "refusal"]
@@ -127,18 +128,63 @@ def _alignment(a: Profile, b: Profile) -> tuple[int, int, float]:
 def _reordered(a: Profile, b: Profile) -> bool:
     """The same words, but closed-class ones in another order: "Does the Earth revolve around the
     Sun?" / "Does the Sun revolve around the Earth?" (no from/to marks the direction there)."""
-    if a.core == b.core or sorted(a.core) != sorted(b.core):
+    if a.core == b.core or sorted(a.core) != sorted(b.core) or symmetric_swap(a, b):
         return False
     return [t for t in a.core if t.startswith("s:")] != [t for t in b.core if t.startswith("s:")]
+
+
+# "what"/"which" can stand for any other question word ("What year..." = "When..."); the others
+# ask for one kind of answer each: a person, a time, a place, a reason, a manner, a quantity.
+_OPEN_QUESTIONS = frozenset({"what"})
+
+
+def _questions_differ(a: Profile, b: Profile) -> bool:
+    """Both requests ask with specific question words, and not the same ones ("Who painted the
+    Mona Lisa?" / "When was the Mona Lisa painted?")."""
+    left, right = a.questions - _OPEN_QUESTIONS, b.questions - _OPEN_QUESTIONS
+    return bool(left) and bool(right) and left != right
+
+
+# Question words whose answer the other request must name to ask the same thing, and the closed
+# class whose members name it too ("Where..." / "In which country...").
+_ANSWER_SLOTS = {"who": "name", "when": "time", "where": "place", "why": None}
+
+
+def _question_unanswered(a: Profile, b: Profile) -> bool:
+    """`a` asks who/when/where/why and `b` neither does nor names that kind of answer: "Who wrote
+    Brave New World?" / "What is Brave New World about?"."""
+    answers = lexicon().answers
+    for question in a.questions - b.questions:
+        if question not in _ANSWER_SLOTS or b.questions - _OPEN_QUESTIONS:
+            continue
+        named = b.content.union(*b.slots.values())  # "What year..." names a time with a unit word
+        if not (named & answers.get(question, frozenset())) and _ANSWER_SLOTS[question] not in b.slots:
+            return True
+    return False
+
+
+# Prefixes that negate the word they join ("edible" / "inedible", "legal" / "illegal").
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "non", "dis")
+
+
+def _prefix_negated(a: Profile, b: Profile) -> bool:
+    """One request has a word the other has with a negating prefix, and not without it."""
+    for left, right in ((a.words, b.words), (b.words, a.words)):
+        for word in right - left:
+            if any(word.startswith(p) and word[len(p):] in left for p in _NEGATING_PREFIXES):
+                return True
+    return False
 
 
 # Hard rules: (name, test) in order; the first that fires refuses the candidate.
 RULES: tuple[tuple[str, Callable[[Profile, Profile], bool]], ...] = (
     ("numbers", lambda a, b: a.numbers != b.numbers),
     ("slot", lambda a, b: bool(_slots_swapped(a, b))),
-    ("negation", lambda a, b: a.negations != b.negations),
+    ("negation", lambda a, b: a.negations != b.negations or _prefix_negated(a, b)),
     ("antonym", lambda a, b: _antonyms(a, b) > 0),
     ("direction", lambda a, b: _roles(a, b)[0] > 0 or _reordered(a, b)),
+    ("order", lambda a, b: transposed(a, b) or numbers_reordered(a, b) or crossed(a, b)),
+    ("question", lambda a, b: _questions_differ(a, b) or _question_unanswered(a, b) or _question_unanswered(b, a)),
 )
 
 

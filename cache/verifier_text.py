@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import snowballstemmer
+
 __all__ = ["Lexicon", "Profile", "analyse", "lexicon", "numbers_key"]
 
 LEXICON_PATH = Path(__file__).resolve().parent / "verifier_data" / "lexicon.txt"
@@ -52,6 +54,7 @@ _PRE = tuple(
         (r"€", " euro "),
         (r"£", " pound "),
         (r"(\d),(\d{3})\b", r"\1\2"),
+        (r"\b([A-Za-z]+)-free\b", r"no \1"),  # "gluten-free": without gluten
     )
 )
 _SENTENCE_END = frozenset(".!?:;\n\"'(")
@@ -84,17 +87,21 @@ class Lexicon:
     synonyms: dict[str, str]
     filler: frozenset[str]
     stop: frozenset[str]
+    # question word -> content words (canonical) that ask for the same kind of answer ("who":
+    # author, inventor...; "when": year, date...)
+    answers: dict[str, frozenset[str]] = field(default_factory=dict)
 
 
+_STEMMER = snowballstemmer.stemmer("english")
+
+
+@functools.lru_cache(maxsize=65536)
 def _stem(word: str) -> str:
-    """A light, deterministic suffix stripper (plural, -ing, -ed, -ly): enough to match word forms."""
+    """The English Snowball (Porter2) stem: every form of a word meets at one stem ("closure",
+    "closures"; "divide", "divided"; "collection", "collect"), which a few suffix rules did not."""
     if len(word) <= 3 or not word.isalpha():
         return word
-    for suffix, repl, min_len in (("ies", "y", 5), ("sses", "ss", 5), ("ing", "", 6), ("edly", "", 7),
-                                  ("ed", "", 5), ("ly", "", 6), ("es", "", 6), ("s", "", 4)):
-        if word.endswith(suffix) and len(word) >= min_len and not word.endswith(("ss", "us", "is")):
-            return word[: len(word) - len(suffix)] + repl
-    return word
+    return _STEMMER.stemWord(word)
 
 
 def _singulars(word: str) -> tuple[str, ...]:
@@ -130,6 +137,7 @@ def parse_lexicon(text: str) -> Lexicon:
     poles: dict[str, list[tuple[int, int]]] = {}
     sets: dict[str, set[str]] = {"negation": set(), "filler": set(), "stop": set()}
     synonyms: dict[str, str] = {}
+    answers: dict[str, list[str]] = {}
     group = 0
     for section, line in _sections(text):
         head, _, rest = line.partition("=")
@@ -158,6 +166,8 @@ def parse_lexicon(text: str) -> Lexicon:
                     synonyms[" ".join(words)] = canonical
                     if len(words) == 1:
                         synonyms[_stem(words[0])] = canonical
+        elif section == "question":
+            answers.setdefault(head.strip().lower(), []).extend(w for a in rest.split(",") for w in _words(a))
         elif section in sets:
             sets[section].update(_words(line))
     return Lexicon(
@@ -169,6 +179,8 @@ def parse_lexicon(text: str) -> Lexicon:
         synonyms=synonyms,
         filler=frozenset(sets["filler"]),
         stop=frozenset(sets["stop"]),
+        answers={q: frozenset(synonyms.get(w) or synonyms.get(_stem(w)) or _stem(w) for w in ws)
+                 for q, ws in answers.items()},
     )
 
 
@@ -190,6 +202,7 @@ class Profile:
     # `s:<slot>:<canonical>`, numbers as `n:<value>`, poles as `p:<group>:<pole>`, others as is.
     sequence: tuple[str, ...] = ()
     questions: frozenset[str] = frozenset()  # who / what / when / where / why / how / quantity
+    words: frozenset[str] = frozenset()  # the content words as written (lower case): "inedible", "edible"
     # `sequence` without words that never change what is asked (articles, auxiliaries, the
     # asker's and the assistant's pronouns, filler): equal cores ask the same thing.
     core: tuple[str, ...] = ()
@@ -247,6 +260,15 @@ def numbers_key(profile: Profile) -> str:
     return "\x00".join(profile.numbers)
 
 
+# Quoted text is what the request is about, not how it asks: the "where" of 'Translate "where is
+# the station"' is not a question word of the request.
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|(?<![A-Za-z0-9])'[^']*'(?![A-Za-z0-9])")
+
+
+def _quoted(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _QUOTED.finditer(text)]
+
+
 def _initial(text: str, start: int) -> bool:
     k = start - 1
     while k >= 0 and text[k] in " \t":
@@ -262,6 +284,8 @@ def analyse(text: str) -> Profile:
     matches = list(_TOKEN.finditer(text))
     orig = [m.group(0) for m in matches]
     initial = [_initial(text, m.start()) for m in matches]
+    quoted = _quoted(text)
+    in_quotes = [any(start <= m.start() < end for start, end in quoted) for m in matches]
     tokens = [t.lower() for t in orig]
     items: list[tuple[str, int, int]] = []  # (key for roles, first token, one past the last)
     slots: dict[str, set[str]] = {}
@@ -272,6 +296,7 @@ def analyse(text: str) -> Profile:
     negations = 0
     sequence: list[str] = []
     questions: set[str] = set()
+    words: set[str] = set()
     i = 0
     while i < len(tokens):
         word = tokens[i]
@@ -306,7 +331,9 @@ def analyse(text: str) -> Profile:
             i = j
             continue
         token = word
-        if word in _QUESTIONS:
+        # a question word right after a noun or a name is a relative pronoun ("my friend Emma who...")
+        relative = not initial[i] and bool(sequence) and sequence[-1][:2] in ("c:", "s:", "n:", "p:")
+        if word in _QUESTIONS and not in_quotes[i] and not relative:
             follow = tokens[i + 1] if i + 1 < len(tokens) else ""
             questions.add("quantity" if word == "how" and follow in ("many", "much") else _QUESTIONS[word])
         if word in lex.negations:
@@ -322,6 +349,7 @@ def analyse(text: str) -> Profile:
             if stem not in lex.filler and stem not in lex.stop:
                 canonical = lex.synonyms.get(word) or lex.synonyms.get(stem) or stem
                 content.add(canonical)
+                words.add(word)
                 token = "c:" + canonical
                 items.append((token, i, i + 1))
                 if orig[i][:1].isupper() and not initial[i] and not orig[i].isupper():
@@ -338,6 +366,7 @@ def analyse(text: str) -> Profile:
         caps=frozenset(caps),
         sequence=tuple(sequence),
         questions=frozenset(questions),
+        words=frozenset(words),
         core=tuple(_CANONICAL.get(t, t) for t in sequence if t not in _IGNORABLE and t not in lex.filler),
     )
 

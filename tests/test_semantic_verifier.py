@@ -60,6 +60,63 @@ EQUIVALENT = [
 ]
 
 
+# Issue 25: requests whose words match but whose order, stance or question differs. Each of these
+# was served by the verifier before (the model alone scored them above its cutoff) or refused only
+# by the model's luck; now a rule refuses them whatever the similarity.
+NEAR_MISSES_ORDER_STANCE_QUESTION = [
+    ("operands swapped", "What is 10 minus 4?", "What is 4 minus 10?", "order"),
+    ("operands swapped around from", "Take 7 away from 30.", "Take 30 away from 7.", "order"),
+    ("fractions swapped", "Is 5/8 larger than 3/5?", "Is 3/5 larger than 5/8?", "order"),
+    ("arguments swapped, no pivot", "Is every prime number odd?", "Is every odd number prime?", "order"),
+    ("subject and object swapped", "Did the Normans conquer the Saxons?", "Did the Saxons conquer the Normans?",
+     "order"),
+    ("conversion direction", "Change my Spotify playlist into an Apple Music one.",
+     "Change my Apple Music playlist into a Spotify one.", "order"),
+    ("stance", "Write a speech in favour of lowering the speed limit.",
+     "Write a speech against lowering the speed limit.", "antonym"),
+    ("stance, verbs", "Write an op-ed defending nuclear energy.", "Write an op-ed criticizing nuclear energy.",
+     "antonym"),
+    ("negation, -free", "Which foods contain gluten?", "Which foods are gluten-free?", "negation"),
+    ("negation, prefix", "Is this mushroom edible?", "Is this mushroom inedible?", "negation"),
+    ("negation, non-", "Write a regex that matches digits.", "Write a regex that matches non-digits.", "negation"),
+    ("another question on the subject", "What is Brave New World about?", "Who wrote Brave New World?", "question"),
+    ("plot / author", "Summarize the plot of Brave New World.", "Who wrote Brave New World?", "question"),
+    ("who / when", "Who wrote Brave New World?", "When was Brave New World published?", "question"),
+    ("who / when, other verbs", "Who designed the Eiffel Tower?", "When was the Eiffel Tower built?", "question"),
+]
+
+# Rewordings the new rules must let through to the model (and the model serves at a high cosine).
+REWORDED_ORDER = [
+    ("passive voice", "Did Edison invent the light bulb?", "Was the light bulb invented by Edison?"),
+    ("clause moved", "In Rust, how do I read a file?", "How do I read a file in Rust?"),
+    ("commutative", "What is 7 plus 5?", "What is 5 plus 7?"),
+    ("symmetric joiner", "Python vs Java for web development?", "Java vs Python for web development?"),
+    ("question word quoted", 'Translate "who are you" into German.', 'How do you say "who are you" in German?'),
+    ("who, answered by a noun", "Who wrote Brave New World?", "Name the author of Brave New World."),
+    ("question word moved", "Which city is the capital of Peru?", "The capital of Peru is which city?"),
+]
+
+
+@pytest.mark.parametrize(("kind", "cached", "query", "rule"), NEAR_MISSES_ORDER_STANCE_QUESTION,
+                         ids=[n[0] for n in NEAR_MISSES_ORDER_STANCE_QUESTION])
+def test_order_stance_and_question_near_misses_are_refused_by_a_rule(kind, cached, query, rule):
+    for cached_text, query_text in ((cached, query), (query, cached)):
+        verdict = get_verifier().check(cached_text, query_text, 1.0)
+        assert not verdict.agrees and verdict.reason == rule, (kind, verdict)
+
+
+@pytest.mark.parametrize(("kind", "cached", "query"), REWORDED_ORDER, ids=[n[0] for n in REWORDED_ORDER])
+def test_reworded_order_is_left_to_the_model_and_served(kind, cached, query):
+    verdict = get_verifier().check(cached, query, 0.97)
+    assert verdict.reason in ("model", "equivalent") and verdict.agrees, (kind, verdict)
+
+
+def test_relative_pronouns_are_not_question_words():
+    assert analyse("Write a note to my neighbour Emma, who watered my plants.").questions == frozenset()
+    assert analyse("Tell me who watered my plants.").questions == {"who"}
+    assert analyse('Translate "where is the station" into Greek.').questions == frozenset()
+
+
 @pytest.mark.parametrize(("kind", "cached", "query", "rule"), NEAR_MISSES, ids=[n[0] for n in NEAR_MISSES])
 def test_each_near_miss_kind_is_refused_by_its_rule_even_at_similarity_one(kind, cached, query, rule):
     verdict = get_verifier().check(cached, query, 1.0)
