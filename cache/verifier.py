@@ -80,15 +80,26 @@ def _slots_omitted(a: Profile, b: Profile) -> int:
 
 
 def _roles(a: Profile, b: Profile) -> tuple[int, int]:
-    """(shared words whose from/to/than roles differ on both sides, words marked on one side only)."""
-    swapped = partial = 0
+    """(shared words whose from/to/than roles differ on both sides, words marked on one side only).
+
+    A word that only stands before "to" on one side and after it on the other ("learn to play" /
+    "a way to learn") is a swap only when another word swaps too ("Celsius to Fahrenheit" /
+    "Fahrenheit to Celsius"): "to" also marks infinitives. An explicit "from" or "than" swaps alone."""
+    swapped = weak = partial = 0
     for key in a.roles.keys() & b.roles.keys():
         left, right = a.roles[key] - {"none"}, b.roles[key] - {"none"}
-        if left and right and not left & right:
-            swapped += 1
+        if left and right and not _as_from(left) & _as_from(right):
+            if {*left, *right} == {"source", "to"}:
+                weak += 1
+            else:
+                swapped += 1
         elif bool(left) != bool(right):
             partial += 1
-    return swapped, partial
+    return swapped + (weak if weak >= 2 else 0), partial
+
+
+def _as_from(roles: frozenset[str]) -> frozenset[str]:
+    return frozenset("from" if r == "source" else r for r in roles)
 
 
 def _antonyms(a: Profile, b: Profile) -> int:
@@ -154,6 +165,8 @@ def _question_unanswered(a: Profile, b: Profile) -> bool:
     """`a` asks who/when/where/why and `b` neither does nor names that kind of answer: "Who wrote
     Brave New World?" / "What is Brave New World about?"."""
     answers = lexicon().answers
+    if a.choice and b.choice:  # "Who is taller, X or Y?" / "Which is taller: X or Y?": the answer is named
+        return False
     for question in a.questions - b.questions:
         if question not in _ANSWER_SLOTS or b.questions - _OPEN_QUESTIONS:
             continue
@@ -190,8 +203,14 @@ RULES: tuple[tuple[str, Callable[[Profile, Profile], bool]], ...] = (
 
 def equivalent(a: Profile, b: Profile) -> bool:
     """The same words in the same order once articles, auxiliaries, first/second-person pronouns
-    and filler are set aside, with synonyms and number forms unified (`Profile.core`)."""
-    return a.core == b.core
+    and filler are set aside, with synonyms and number forms unified (`Profile.core`); "what" is
+    set aside too ("What's the difference between X and Y?" / "Explain the difference between X
+    and Y"), the specific question words are not."""
+    return a.core == b.core or _open_core(a) == _open_core(b)
+
+
+def _open_core(profile: Profile) -> tuple[str, ...]:
+    return tuple(t for t in profile.core if t != "what")
 
 
 def refusal(a: Profile, b: Profile) -> str | None:

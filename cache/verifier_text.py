@@ -203,6 +203,7 @@ class Profile:
     sequence: tuple[str, ...] = ()
     questions: frozenset[str] = frozenset()  # who / what / when / where / why / how / quantity
     words: frozenset[str] = frozenset()  # the content words as written (lower case): "inedible", "edible"
+    choice: bool = False  # offers alternatives ("X or Y"): a question answered by one of them
     # `sequence` without words that never change what is asked (articles, auxiliaries, the
     # asker's and the assistant's pronouns, filler): equal cores ask the same thing.
     core: tuple[str, ...] = ()
@@ -367,16 +368,23 @@ def analyse(text: str) -> Profile:
         sequence=tuple(sequence),
         questions=frozenset(questions),
         words=frozenset(words),
+        choice="or" in tokens,
         core=tuple(_CANONICAL.get(t, t) for t in sequence if t not in _IGNORABLE and t not in lex.filler),
     )
 
 
+def _counted(tokens: list[str], pos: int) -> bool:
+    """The word at `pos` is what a count asks for: "how many bones", "the number of bones"."""
+    return (pos > 0 and tokens[pos - 1] in ("many", "much")) or (
+        pos > 1 and tokens[pos - 1] == "of" and tokens[pos - 2] in ("number", "count", "amount"))
+
+
 def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, frozenset[str]]:
     """Role of each salient word: after to/into/in/as -> `to`, after from -> `from`, after than ->
-    `than`; right before to/into -> `from`; shortly before than -> `subject`; else `none`."""
+    `than`; right before to/into -> `source`; shortly before than -> `subject`; else `none`."""
     roles: dict[str, set[str]] = {}
     # "How many X are in Y": X is what is asked for (`to`), the thing after "in" is the source.
-    counted = any(pos > 0 and tokens[pos - 1] in ("many", "much") for _, pos, _ in items)
+    counted = any(_counted(tokens, pos) for _, pos, _ in items)
     for key, pos, end in items:
         role = "none"
         k = pos - 1
@@ -386,14 +394,16 @@ def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, fr
         after = tokens[end] if end < len(tokens) else ""
         if before == "than":
             role = "than"
-        elif before in ("many", "much"):
+        elif before in ("many", "much") or _counted(tokens, pos):
             role = "to"
         elif before == "in" and counted:
             role = "from"
+        elif before == "to" and after in ("to", "into", "in"):
+            pass  # "unable to log in to": an infinitive, no direction
         elif before in _DIRECTION:
             role = _DIRECTION[before]
         elif after in ("to", "into", "in"):
-            role = "from"
+            role = "source"  # by position only: "Celsius to ...", but also "learn to play"
         elif "than" in tokens[end : end + 3]:
             role = "subject"
         roles.setdefault(key, set()).add(role)
