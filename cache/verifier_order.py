@@ -134,6 +134,8 @@ def _transposition(a: Profile, b: Profile) -> tuple[str, ...] | None:
     diff = [i for i, (x, y) in enumerate(zip(left, right)) if x != y]
     if len(diff) != 2 or not (_is_operand(left[diff[0]]) and _is_operand(left[diff[1]])):
         return None
+    if {left[diff[0]], left[diff[1]]} & (_asked_about(left) | _asked_about(right)):
+        return None  # "What is the largest planet" / "Which planet is the largest"
     return left[diff[0] + 1 : diff[1]]
 
 

@@ -222,6 +222,18 @@ _QUESTIONS = {"who": "who", "whom": "who", "whose": "who", "what": "what", "what
               "when": "when", "where": "where", "why": "why", "how": "how", "hows": "how"}
 
 
+# "how" before a measure word asks for a quantity, like "how many": "how long", "how old", "how
+# expensive" (the antonym lists hold the measure adjectives); otherwise for a manner ("How do I...",
+# "explain how vaccines work"); "how come" asks why.
+_HOW_MEASURE = frozenset("many much often far soon deep".split())
+
+
+def _how(follow: str) -> str:
+    if follow == "come":
+        return "why"
+    return "quantity" if follow in _HOW_MEASURE or follow in lexicon().poles else "how"
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -336,7 +348,7 @@ def analyse(text: str) -> Profile:
         relative = not initial[i] and bool(sequence) and sequence[-1][:2] in ("c:", "s:", "n:", "p:")
         if word in _QUESTIONS and not in_quotes[i] and not relative:
             follow = tokens[i + 1] if i + 1 < len(tokens) else ""
-            questions.add("quantity" if word == "how" and follow in ("many", "much") else _QUESTIONS[word])
+            questions.add(_how(follow) if word in ("how", "hows") else _QUESTIONS[word])
         if word in lex.negations:
             negations += 1
             token = "not"
@@ -385,6 +397,9 @@ def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, fr
     roles: dict[str, set[str]] = {}
     # "How many X are in Y": X is what is asked for (`to`), the thing after "in" is the source.
     counted = any(_counted(tokens, pos) for _, pos, _ in items)
+    # positions that no infinitive starts with: articles and pronouns, numbers, closed-class words
+    marked = {i for i, t in enumerate(tokens) if t in _SKIP or _DIGITS.match(t)}
+    marked |= {pos for key, pos, _ in items if not key.startswith(("c:", "polar"))}
     for key, pos, end in items:
         role = "none"
         k = pos - 1
@@ -403,7 +418,8 @@ def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, fr
         elif before in _DIRECTION:
             role = _DIRECTION[before]
         elif after in ("to", "into", "in"):
-            role = "source"  # by position only: "Celsius to ...", but also "learn to play"
+            # before "to a list", "to JSON", "to 5": a source; before "to play": maybe an infinitive
+            role = "from" if end + 1 in marked else "source"
         elif "than" in tokens[end : end + 3]:
             role = "subject"
         roles.setdefault(key, set()).add(role)

@@ -94,6 +94,9 @@ REWORDED_ORDER = [
     ("question word quoted", 'Translate "who are you" into German.', 'How do you say "who are you" in German?'),
     ("who, answered by a noun", "Who wrote Brave New World?", "Name the author of Brave New World."),
     ("question word moved", "Which city is the capital of Peru?", "The capital of Peru is which city?"),
+    ("question word takes its noun along", "What is the longest river in Africa?",
+     "Which river is the longest in Africa?"),
+    ("choice question", "Who is older, Biden or Trump?", "Which is older: Biden or Trump?"),
 ]
 
 
@@ -109,6 +112,20 @@ def test_order_stance_and_question_near_misses_are_refused_by_a_rule(kind, cache
 def test_reworded_order_is_left_to_the_model_and_served(kind, cached, query):
     verdict = get_verifier().check(cached, query, 0.97)
     assert verdict.reason in ("model", "equivalent") and verdict.agrees, (kind, verdict)
+
+
+def test_how_asks_for_a_measure_a_manner_or_a_reason():
+    assert analyse("How long does the flight to Oslo take?").questions == {"quantity"}
+    assert analyse("How many minutes does the flight to Oslo take?").questions == {"quantity"}
+    assert analyse("Explain how vaccines work.").questions == analyse("How do vaccines work?").questions == {"how"}
+    assert analyse("How come the sky is blue?").questions == {"why"}
+
+
+def test_an_infinitive_to_is_no_direction_but_a_swap_of_both_ends_is():
+    verifier = get_verifier()
+    assert verifier.check("How do I learn to play chess?", "What's the best way to learn chess?", 0.9).reason != \
+        "direction"
+    assert verifier.check("Convert a list to a set.", "Convert a set to a list.", 1.0).reason == "direction"
 
 
 def test_relative_pronouns_are_not_question_words():
