@@ -15,8 +15,9 @@ side in the same run, the per-pair lookups again with torch's default intra-op t
 the embedder's one thread per query (`cache/embedder.py` says why one). `--busy-cores N` keeps N
 cores busy with spinning processes for the whole run: a server whose other cores are serving.
 
-`--pairs holdout` reads `cache/verifier_data/holdout_pairs.txt` instead (all of it): pairs written
-after the verifier of issue 17 and never used to fit or tune it (see `PROVENANCE.md`).
+`--pairs holdout` / `--pairs holdout2` read `cache/verifier_data/holdout_pairs.txt` /
+`holdout2_pairs.txt` instead (all of it): pairs never used to fit or tune the verifier (see
+`PROVENANCE.md` for what was seen of each, and when).
 
 Targets (issues 17, 25): false-hit rate <= 0.5 %, paraphrase hit rate >= 60 % (issue 25: >= 70 % on
 the held-out pairs), lookup p99 <= 15 ms.
@@ -64,7 +65,7 @@ ANSWER = json.dumps({
 }).encode()
 
 
-PAIR_FILES = {"pairs": "pairs.txt", "holdout": "holdout_pairs.txt"}
+PAIR_FILES = {"pairs": "pairs.txt", "holdout": "holdout_pairs.txt", "holdout2": "holdout2_pairs.txt"}
 
 
 def body(text: str, system: str) -> dict:
@@ -201,7 +202,7 @@ def main() -> int:
     ap.add_argument("--torch-threads", type=int, default=0, help="0: torch's default")
     ap.add_argument("--busy-cores", type=int, default=0, help="spinning processes kept running during the run")
     args = ap.parse_args()
-    if args.pairs == "holdout":
+    if args.pairs != "pairs":
         args.split = "all"
     if args.torch_threads:
         import torch
