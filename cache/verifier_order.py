@@ -19,9 +19,10 @@ reverse a list?" / "How do I reverse a list in Python?") is not taken for a swap
 - `numbers_reordered`: the same words and the same numbers, the numbers in another order, with
   more than symmetric joiners between them ("Is 3/4 larger than 2/3?" / "Is 2/3 larger than
   3/4?"; but "7 times 8" is "8 times 7").
-- `transposed`: no pivot in between, but the same words with exactly two operands trading places
-  ("Is a tomato a fruit?" / "Is a fruit a tomato?", "Are whales mammals?" / "Are mammals
-  whales?"), unless only symmetric joiners stand between them ("Python vs Java").
+- `transposed`: no pivot in between, but the same words with two runs of operands trading
+  places ("Is a tomato a fruit?" / "Is a fruit a tomato?", "Is every integer a rational
+  number?" / "Is every rational number an integer?"), unless only symmetric joiners stand between
+  them ("Python vs Java"); a run holding a function or question word is a clause, which may move.
 
 A refusal here costs a cache miss when the relation was symmetric after all ("Does Germany border
 Poland?"); a wrong hit serves the answer to another question.
@@ -59,7 +60,7 @@ def _symmetric() -> frozenset[str]:
 
 
 def _is_operand(token: str) -> bool:
-    return token[:2] in ("c:", "s:", "n:", "p:")
+    return token[:2] in ("c:", "s:", "n:", "p:", "v:")
 
 
 def _unique_positions(sequence: tuple[str, ...]) -> dict[str, int]:
@@ -126,28 +127,37 @@ def _passive(side: tuple[str, ...], other: tuple[str, ...], pivots: list[str], p
 
 
 def _transposition(a: Profile, b: Profile) -> tuple[str, ...] | None:
-    """What stands between the two operands when `b.core` is `a.core` with exactly two operands
-    trading places; None when it is not."""
-    left, right = a.core, b.core
+    """What stands between two runs of operands that trade places when `b.core` is `a.core` with
+    them swapped ("every [integer] [rational number]" / "every [rational number] [integer]": nothing
+    between; "[Python] vs [Java]": "vs"); None when it is no such swap. Runs that hold a function or
+    question word are clauses, and a clause may move ("In Python, how..." / "How... in Python")."""
+    left, right = a.core[:_MAX_TOKENS], b.core[:_MAX_TOKENS]
     if left == right or len(left) != len(right) or sorted(left) != sorted(right):
         return None
-    diff = [i for i, (x, y) in enumerate(zip(left, right)) if x != y]
-    if len(diff) != 2 or not (_is_operand(left[diff[0]]) and _is_operand(left[diff[1]])):
-        return None
-    if {left[diff[0]], left[diff[1]]} & (_asked_about(left) | _asked_about(right)):
-        return None  # "What is the largest planet" / "Which planet is the largest"
-    return left[diff[0] + 1 : diff[1]]
+    start = next(i for i, (x, y) in enumerate(zip(left, right)) if x != y)
+    stop = len(left) - next(i for i, (x, y) in enumerate(zip(left[::-1], right[::-1])) if x != y)
+    middle_a, middle_b = left[start:stop], right[start:stop]
+    free = _asked_about(left) | _asked_about(right)
+    for i in range(1, len(middle_a)):
+        first = middle_a[:i]
+        for j in range(i, len(middle_a)):
+            between, last = middle_a[i:j], middle_a[j:]
+            if middle_b != last + between + first:
+                continue
+            if all(_is_operand(t) and t not in free for t in first + last):
+                return between
+    return None
 
 
 def symmetric_swap(a: Profile, b: Profile) -> bool:
-    """Two operands trade places across symmetric joiners only: "Python vs Java" / "Java vs Python"."""
+    """Operands trade places across symmetric joiners only: "Python vs Java" / "Java vs Python"."""
     between = _transposition(a, b)
     return bool(between) and all(t in _symmetric() for t in between)
 
 
 def transposed(a: Profile, b: Profile) -> bool:
-    """The same words (`Profile.core`) with exactly two operands trading places and something
-    other than a symmetric joiner between them."""
+    """The same words (`Profile.core`) with two runs of operands trading places, nothing or
+    something other than symmetric joiners between them."""
     between = _transposition(a, b)
     return between is not None and not symmetric_swap(a, b)
 
