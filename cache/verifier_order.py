@@ -40,8 +40,11 @@ from .verifier_text import Profile, analyse
 __all__ = ["crossed", "numbers_reordered", "symmetric_swap", "transposed"]
 
 # Joiners whose operands may trade places without changing the answer.
-_SYMMETRIC_WORDS = "and or nor plus times multiplied multiply vs versus between"
+_SYMMETRIC_WORDS = "and or plus times multiplied multiply vs versus between"  # not "nor": it reads as "not"
 _QUESTION_WORDS = frozenset("who whom whose what whats which when where why how hows many much".split())
+# Question words that take a noun along ("which city", "what year", "how many miles"); read on the
+# full sequence, so that "What is the largest planet" does not take "largest" along.
+_DETERMINERS = frozenset("what which whose many much".split())
 _PASSIVE_MARK = "by"
 # Crossings are looked for in the head of long requests only (a swap that matters is a short
 # question; the check is quadratic in the words).
@@ -73,30 +76,31 @@ def _unique_positions(sequence: tuple[str, ...]) -> dict[str, int]:
     return {t: i for t, i in seen.items() if t not in repeated}
 
 
-def _asked_about(sequence: tuple[str, ...]) -> set[str]:
-    """Words that follow a question word ("which city", "how many miles"): they move with it."""
-    return {sequence[i] for i in range(1, len(sequence)) if sequence[i - 1] in _QUESTION_WORDS}
+def _asked_about(profile: Profile) -> set[str]:
+    """Words that a question word takes along ("which city", "how many miles"): they move with it.
+    Not the subject after "why"/"when"/"how" ("Why do dogs chase cats?")."""
+    sequence = profile.sequence
+    return {sequence[i] for i in range(1, len(sequence)) if sequence[i - 1] in _DETERMINERS}
 
 
 def crossed(a: Profile, b: Profile) -> bool:
     """Two operands cross a shared pivot in opposite directions, and putting them back makes the
     two requests read alike (see the module docstring)."""
     left, right = a.core[:_MAX_TOKENS], b.core[:_MAX_TOKENS]
-    for x, y in _crossings(left, right)[:_MAX_PAIRS]:
+    for x, y in _crossings(left, right, _asked_about(a) | _asked_about(b))[:_MAX_PAIRS]:
         swapped = tuple(y if t == x else x if t == y else t for t in right)
         if difflib.SequenceMatcher(None, left, swapped, autojunk=False).ratio() >= _SWAP_MATCH:
             return True
     return False
 
 
-def _crossings(left: tuple[str, ...], right: tuple[str, ...]) -> list[tuple[str, str]]:
+def _crossings(left: tuple[str, ...], right: tuple[str, ...], free: set[str]) -> list[tuple[str, str]]:
     """(x, y) operand pairs: x left of a shared pivot in `left` and right of it in `right`, y the
     reverse, the pivot not a symmetric joiner nor a question word, no change of voice."""
     pos_a, pos_b = _unique_positions(left), _unique_positions(right)
     shared = pos_a.keys() & pos_b.keys()
     if len(shared) < 3:
         return []
-    free = _asked_about(left) | _asked_about(right)
     operands = sorted(t for t in shared if _is_operand(t) and t not in free)
     symmetric = _symmetric()
     pivots = sorted(t for t in shared if t not in symmetric and t not in _QUESTION_WORDS)
@@ -137,7 +141,7 @@ def _transposition(a: Profile, b: Profile) -> tuple[str, ...] | None:
     start = next(i for i, (x, y) in enumerate(zip(left, right)) if x != y)
     stop = len(left) - next(i for i, (x, y) in enumerate(zip(left[::-1], right[::-1])) if x != y)
     middle_a, middle_b = left[start:stop], right[start:stop]
-    free = _asked_about(left) | _asked_about(right)
+    free = _asked_about(a) | _asked_about(b)
     for i in range(1, len(middle_a)):
         first = middle_a[:i]
         for j in range(i, len(middle_a)):

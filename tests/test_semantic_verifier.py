@@ -85,6 +85,8 @@ NEAR_MISSES_ORDER_STANCE_QUESTION = [
     ("who / when, other verbs", "Who designed the Eiffel Tower?", "When was the Eiffel Tower built?", "question"),
     ("phrases swapped, no pivot", "Is every fish a vertebrate animal?", "Is every vertebrate animal a fish?", "order"),
     ("labels swapped", "Move the logs from folder A to folder B.", "Move the logs from folder B to folder A.", "order"),
+    ("swapped after why", "Why do hawks hunt mice?", "Why do mice hunt hawks?", "order"),
+    ("swapped around without", "Find the users without posts.", "Find the posts without users.", "order"),
     ("a vague noun as an operand", "How do I turn a list into a set in Python?",
      "How do I turn a set into a list in Python?", "direction"),
 ]
