@@ -66,6 +66,7 @@ ANSWER = json.dumps({
 
 
 PAIR_FILES = {"pairs": "pairs.txt", "holdout": "holdout_pairs.txt", "holdout2": "holdout2_pairs.txt"}
+PARAPHRASE_MIN = {"pairs": 0.60, "holdout": 0.70, "holdout2": 0.70}  # issue 17; issue 25 on its near-miss sets
 
 
 def body(text: str, system: str) -> dict:
@@ -186,7 +187,8 @@ async def run(args: argparse.Namespace) -> dict:
         "lookup_full_index_ms": {"p50": round(statistics.median(full_latencies), 3),
                                  "p99": round(pct(full_latencies, 0.99), 3), "max": round(max(full_latencies), 3),
                                  "entries_per_scope": len(seeded)},
-        "targets": {"false_hit_rate_max": 0.005, "paraphrase_hit_rate_min": 0.60, "lookup_p99_ms_max": 15.0},
+        "targets": {"false_hit_rate_max": 0.005, "paraphrase_hit_rate_min": PARAPHRASE_MIN[args.pairs],
+                    "lookup_p99_ms_max": 15.0},
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                     "load_avg": [round(x, 2) for x in os.getloadavg()], "busy_cores": args.busy_cores,
                     "torch_threads": __import__("torch").get_num_threads()},
@@ -218,7 +220,8 @@ def main() -> int:
     print(json.dumps(report, indent=2))
     full = report["lookup_full_index_ms"]
     worst_p99 = max(full["p99"], report["lookup_ms"]["p99"])
-    ok = (report["false_hit_rate"] <= 0.005 and report["paraphrase_hit_rate"] >= 0.60 and worst_p99 <= 15.0)
+    ok = (report["false_hit_rate"] <= 0.005 and report["paraphrase_hit_rate"] >= PARAPHRASE_MIN[args.pairs]
+          and worst_p99 <= 15.0)
     print(
         f"semantic cache ({report['pairs_file']} {report['split']}, threshold {report['threshold']}): false hits "
         f"{report['false_hits']}/{report['near_misses']} = {report['false_hit_rate']:.2%} "
