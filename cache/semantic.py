@@ -10,7 +10,8 @@ user message) take part. The last message must be a user message whose content i
 Index. Per scope, one blob in the store holds up to `max_entries_per_scope` entries (oldest
 dropped first): float32 L2-normalised vectors, the exact-cache key each one answers with, the
 text of the last user message, a guard (digest of the numbers in the text, digits and words
-alike: "12 × 7" never answers "12 × 8", "five miles" never answers "six miles") and an expiry.
+alike: "12 × 7" never answers "12 × 8", "five miles" never answers "six miles"; ones aside, which
+"a" can stand for, the verifier checks those) and an expiry.
 The text is kept for the verifier; it lives in the tenant's namespace with the same TTL as the
 answer it indexes.
 

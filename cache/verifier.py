@@ -9,18 +9,26 @@ How: both texts are reduced to profiles (`cache.verifier_text.analyse`: closed-c
 numbers, negations, antonym poles, direction roles, content words) and compared.
 
 1. Hard rules refuse outright, whatever the wording around them (`RULES`, in order): different
-   numbers (digits or words: "five" == "5"), a closed-class word swapped for another of its class
-   (language, place, programming language, unit, format, tool, time word, name, colour...), a
-   different count of negations, an antonym ("cheap" vs "expensive"), a direction swapped
-   ("Celsius to Fahrenheit" vs "Fahrenheit to Celsius", or the same words with two closed-class
-   words trading places: "Earth ... Sun" vs "Sun ... Earth").
+   numbers (digits or words: "five" == "5"; "one" may stand for "a"), a closed-class word swapped
+   for another of its class (language, place, programming language, unit, format, tool, time
+   word, name, colour...), a different count of negations or a negating prefix ("edible" /
+   "inedible", "gluten-free"), an antonym ("cheap" vs "expensive"; stance: "for" / "against",
+   "support" / "oppose"), a direction swapped ("Celsius to Fahrenheit" vs "Fahrenheit to
+   Celsius", or the same words with two closed-class words trading places: "Earth ... Sun" vs
+   "Sun ... Earth"), operands trading places around any asymmetric word ("9 minus 3" / "3 minus
+   9", "Do cats eat mice?" / "Do mice eat cats?": `cache.verifier_order`), and questions asking
+   for another kind of answer (who / when / where / why / how / how many on both sides but not the
+   same; or who / when / where / why on one side while the other neither asks it nor names that
+   kind of answer: "What is X about?" / "Who wrote X?").
 2. Two requests whose words are the same, in the same order, once articles, auxiliaries,
-   first/second-person pronouns and filler ("please", "tell me", "can you") are set aside and
-   synonyms and number forms unified, ask the same thing: agreed with score 1 ("equivalent").
+   first/second-person pronouns, "what" and filler ("please", "tell me", "can you") are set aside
+   and synonyms, word forms (Snowball stems) and number forms unified, ask the same thing: agreed
+   with score 1 ("equivalent"). Vague filler nouns mid-request ("by value" / "by key") are not
+   set aside.
 3. Otherwise a small logistic model over pair features (`FEATURES`; weights in
    `verifier_data/weights.json`, fitted on the tune split by `python -m cache.verifier_fit`)
    gives the probability that the two ask the same thing; the verdict is `score >= cutoff`, the
-   cutoff shipped with the weights (chosen on the tune split for no false hits).
+   cutoff shipped with the weights (chosen on the tune pairs for no false hits, in and out of fold).
 
 Deterministic: pure functions of the two texts and the similarity; symmetric in the two texts.
 """
@@ -37,7 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .verifier_text import Profile, analyse
+from .verifier_order import crossed, numbers_reordered, symmetric_swap, transposed
+from .verifier_text import Profile, analyse, lexicon
 
 __all__ = ["FEATURES", "RULES", "Verdict", "Verifier", "VerifierModel", "equivalent", "get_verifier", "pair_features",
            "refusal"]
@@ -79,15 +88,26 @@ def _slots_omitted(a: Profile, b: Profile) -> int:
 
 
 def _roles(a: Profile, b: Profile) -> tuple[int, int]:
-    """(shared words whose from/to/than roles differ on both sides, words marked on one side only)."""
-    swapped = partial = 0
+    """(shared words whose from/to/than roles differ on both sides, words marked on one side only).
+
+    A word that only stands before "to" on one side and after it on the other ("learn to play" /
+    "a way to learn") is a swap only when another word swaps too ("Celsius to Fahrenheit" /
+    "Fahrenheit to Celsius"): "to" also marks infinitives. An explicit "from" or "than" swaps alone."""
+    swapped = weak = partial = 0
     for key in a.roles.keys() & b.roles.keys():
         left, right = a.roles[key] - {"none"}, b.roles[key] - {"none"}
-        if left and right and not left & right:
-            swapped += 1
+        if left and right and not _as_from(left) & _as_from(right):
+            if {*left, *right} == {"source", "to"}:
+                weak += 1
+            else:
+                swapped += 1
         elif bool(left) != bool(right):
             partial += 1
-    return swapped, partial
+    return swapped + (weak if weak >= 2 else 0), partial
+
+
+def _as_from(roles: frozenset[str]) -> frozenset[str]:
+    return frozenset("from" if r == "source" else r for r in roles)
 
 
 def _antonyms(a: Profile, b: Profile) -> int:
@@ -127,25 +147,86 @@ def _alignment(a: Profile, b: Profile) -> tuple[int, int, float]:
 def _reordered(a: Profile, b: Profile) -> bool:
     """The same words, but closed-class ones in another order: "Does the Earth revolve around the
     Sun?" / "Does the Sun revolve around the Earth?" (no from/to marks the direction there)."""
-    if a.core == b.core or sorted(a.core) != sorted(b.core):
+    if a.core == b.core or sorted(a.core) != sorted(b.core) or symmetric_swap(a, b):
         return False
     return [t for t in a.core if t.startswith("s:")] != [t for t in b.core if t.startswith("s:")]
 
 
+# "what"/"which" can stand for any other question word ("What year..." = "When..."); the others
+# ask for one kind of answer each: a person, a time, a place, a reason, a manner, a quantity.
+_OPEN_QUESTIONS = frozenset({"what"})
+
+
+def _questions_differ(a: Profile, b: Profile) -> bool:
+    """Both requests ask with specific question words, and not the same ones ("Who painted the
+    Mona Lisa?" / "When was the Mona Lisa painted?")."""
+    left, right = a.questions - _OPEN_QUESTIONS, b.questions - _OPEN_QUESTIONS
+    return bool(left) and bool(right) and left != right
+
+
+# Question words whose answer the other request must name to ask the same thing, and the closed
+# class whose members name it too ("Where..." / "In which country...").
+_ANSWER_SLOTS = {"who": "name", "when": "time", "where": "place", "why": None}
+
+
+def _question_unanswered(a: Profile, b: Profile) -> bool:
+    """`a` asks who/when/where/why and `b` neither does nor names that kind of answer: "Who wrote
+    Brave New World?" / "What is Brave New World about?"."""
+    answers = lexicon().answers
+    if a.choice and b.choice:  # "Who is taller, X or Y?" / "Which is taller: X or Y?": the answer is named
+        return False
+    for question in a.questions - b.questions:
+        if question not in _ANSWER_SLOTS or b.questions - _OPEN_QUESTIONS:
+            continue
+        named = b.content.union(b.vague, *b.slots.values())  # "What year..." names a time with a unit word
+        if not (named & answers.get(question, frozenset())) and _ANSWER_SLOTS[question] not in b.slots:
+            return True
+    return False
+
+
+# Prefixes that negate the word they join ("edible" / "inedible", "legal" / "illegal").
+_NEGATING_PREFIXES = ("un", "in", "im", "il", "ir", "non", "dis")
+
+
+def _prefix_negated(a: Profile, b: Profile) -> bool:
+    """One request has a word the other has with a negating prefix, and not without it."""
+    for left, right in ((a.words, b.words), (b.words, a.words)):
+        for word in right - left:
+            if any(word.startswith(p) and word[len(p):] in left for p in _NEGATING_PREFIXES):
+                return True
+    return False
+
+
+def _one_for_article(a: Profile, b: Profile) -> bool:
+    """The numbers differ only by ones that stand where the other request has "a"/"an" ("How many
+    cups are in a liter?" / "How many cups make up one liter?")."""
+    ones_a, ones_b = a.numbers.count("1"), b.numbers.count("1")
+    others = [n for n in a.numbers if n != "1"] == [n for n in b.numbers if n != "1"]
+    return others and ones_a - ones_b == b.articles - a.articles
+
+
 # Hard rules: (name, test) in order; the first that fires refuses the candidate.
 RULES: tuple[tuple[str, Callable[[Profile, Profile], bool]], ...] = (
-    ("numbers", lambda a, b: a.numbers != b.numbers),
+    ("numbers", lambda a, b: a.numbers != b.numbers and not _one_for_article(a, b)),
     ("slot", lambda a, b: bool(_slots_swapped(a, b))),
-    ("negation", lambda a, b: a.negations != b.negations),
+    ("negation", lambda a, b: a.negations != b.negations or _prefix_negated(a, b)),
     ("antonym", lambda a, b: _antonyms(a, b) > 0),
     ("direction", lambda a, b: _roles(a, b)[0] > 0 or _reordered(a, b)),
+    ("order", lambda a, b: transposed(a, b) or numbers_reordered(a, b) or crossed(a, b)),
+    ("question", lambda a, b: _questions_differ(a, b) or _question_unanswered(a, b) or _question_unanswered(b, a)),
 )
 
 
 def equivalent(a: Profile, b: Profile) -> bool:
     """The same words in the same order once articles, auxiliaries, first/second-person pronouns
-    and filler are set aside, with synonyms and number forms unified (`Profile.core`)."""
-    return a.core == b.core
+    and filler are set aside, with synonyms and number forms unified (`Profile.core`); "what" is
+    set aside too ("What's the difference between X and Y?" / "Explain the difference between X
+    and Y"), the specific question words are not."""
+    return a.core == b.core or _open_core(a) == _open_core(b)
+
+
+def _open_core(profile: Profile) -> tuple[str, ...]:
+    return tuple(t for t in profile.core if t != "what")
 
 
 def refusal(a: Profile, b: Profile) -> str | None:

@@ -6,6 +6,7 @@ Why IRLS by hand: a dozen features and a few hundred pairs need no library (scik
 a dependency); Newton steps with a fixed L2 penalty are deterministic, so the same data gives
 the same weights on every machine.
 
+The tune pairs are the tune split of `pairs.txt` plus `tune_pairs.txt` (`verifier_pairs.tune_pairs`).
 The model is fitted on the tune pairs that the hard rules let through (the others never reach
 it). The cutoff: the lowest probability at which, on the tune split and at the similarity floor
 `--floor` (the policy's default `threshold`), at most `--max-false-hits` near misses would be
@@ -22,7 +23,7 @@ import sys
 import numpy as np
 
 from .verifier import FEATURES, WEIGHTS_PATH, equivalent, pair_features, refusal
-from .verifier_pairs import Pair, load_pairs
+from .verifier_pairs import Pair, tune_pairs
 from .verifier_text import analyse
 
 
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--l2", type=float, default=1.0)
     args = ap.parse_args(argv)
 
-    tune = [p for p in load_pairs() if p.split == "tune"]
+    tune = tune_pairs()
     sims = similarities(tune)
     x = design(tune, sims)
     y = np.array([1.0 if p.same else 0.0 for p in tune])

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["DATA_DIR", "Pair", "load_pairs", "split_of"]
+__all__ = ["DATA_DIR", "Pair", "load_pairs", "split_of", "tune_pairs"]
 
 DATA_DIR = Path(__file__).resolve().parent / "verifier_data"
 SAME = "same"
@@ -36,10 +36,14 @@ def split_of(first_line: str) -> Literal["tune", "test"]:
     return "tune" if hashlib.sha256(first_line.encode()).digest()[0] % 2 == 0 else "test"
 
 
-def load_pairs(path: Path | None = None) -> list[Pair]:
+def load_pairs(path: Path | None = None, *, split: Literal["tune", "test"] | None = None,
+               first_block: int = 0) -> list[Pair]:
+    """The pairs of `path` (default `pairs.txt`), blocks numbered from `first_block + 1`; `split`
+    puts every block in that split instead of the hash split."""
+    forced = split
     text = (path or DATA_DIR / "pairs.txt").read_text(encoding="utf-8")
     pairs: list[Pair] = []
-    block, split = 0, None
+    block, split = first_block, None
     for raw in text.splitlines():
         line = raw.strip()
         if line.startswith("#"):
@@ -52,7 +56,15 @@ def load_pairs(path: Path | None = None) -> list[Pair]:
             raise ValueError(f"bad pair line: {raw!r}")
         if split is None:
             block += 1
-            split = split_of(line)
+            split = forced or split_of(line)
         kind, a, b = fields
         pairs.append(Pair(kind, a, b, block, split))
     return pairs
+
+
+def tune_pairs() -> list[Pair]:
+    """Everything the verifier may be fitted on: the tune split of `pairs.txt` and every pair of
+    `tune_pairs.txt` (written for issue 25). `holdout_pairs.txt` is never read here."""
+    pairs = [p for p in load_pairs() if p.split == "tune"]
+    last = max((p.block for p in load_pairs()), default=0)
+    return pairs + load_pairs(DATA_DIR / "tune_pairs.txt", split="tune", first_block=last)

@@ -26,16 +26,17 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-__all__ = ["Lexicon", "Profile", "analyse", "lexicon", "numbers_key"]
+from .verifier_lexicon import TOKEN as _TOKEN
+from .verifier_lexicon import Lexicon, lexicon, parse_lexicon
+from .verifier_lexicon import singulars as _singulars
+from .verifier_lexicon import stem as _stem
 
-LEXICON_PATH = Path(__file__).resolve().parent / "verifier_data" / "lexicon.txt"
+__all__ = ["Lexicon", "Profile", "analyse", "lexicon", "numbers_key", "parse_lexicon"]
+
 _MAX_PHRASE = 4
 
-_TOKEN = re.compile(r"[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*(?:\+\+|#)?")
 _PRE = tuple(
     (re.compile(pattern, re.IGNORECASE), repl)
     for pattern, repl in (
@@ -52,6 +53,7 @@ _PRE = tuple(
         (r"€", " euro "),
         (r"£", " pound "),
         (r"(\d),(\d{3})\b", r"\1\2"),
+        (r"\b([A-Za-z]+)-free\b", r"no \1"),  # "gluten-free": without gluten
     )
 )
 _SENTENCE_END = frozenset(".!?:;\n\"'(")
@@ -75,109 +77,6 @@ _DIGIT_ORDINAL = re.compile(r"^(\d+)(?:st|nd|rd|th)$")
 
 
 @dataclass(frozen=True, slots=True)
-class Lexicon:
-    phrases: dict[tuple[str, ...], tuple[str, str]]  # lower-case alias words -> (slot, canonical)
-    case_slots: frozenset[str]  # slots whose members match only when capitalised mid-sentence
-    cased: dict[str, tuple[str, str]]  # exact-case alias -> (slot, canonical)
-    poles: dict[str, tuple[tuple[int, int], ...]]  # word -> ((group, pole), ...)
-    negations: frozenset[str]
-    synonyms: dict[str, str]
-    filler: frozenset[str]
-    stop: frozenset[str]
-
-
-def _stem(word: str) -> str:
-    """A light, deterministic suffix stripper (plural, -ing, -ed, -ly): enough to match word forms."""
-    if len(word) <= 3 or not word.isalpha():
-        return word
-    for suffix, repl, min_len in (("ies", "y", 5), ("sses", "ss", 5), ("ing", "", 6), ("edly", "", 7),
-                                  ("ed", "", 5), ("ly", "", 6), ("es", "", 6), ("s", "", 4)):
-        if word.endswith(suffix) and len(word) >= min_len and not word.endswith(("ss", "us", "is")):
-            return word[: len(word) - len(suffix)] + repl
-    return word
-
-
-def _singulars(word: str) -> tuple[str, ...]:
-    """Candidate singular forms of a plural ("ounces" -> "ounce", "ounc"; "cities" -> "city")."""
-    if len(word) <= 3 or not word.endswith("s") or word.endswith("ss"):
-        return ()
-    forms = [word[:-1], word[:-2]] if word.endswith("es") else [word[:-1]]
-    if word.endswith("ies"):
-        forms.append(word[:-3] + "y")
-    return tuple(forms)
-
-
-def _words(alias: str) -> tuple[str, ...]:
-    return tuple(t.lower() for t in _TOKEN.findall(alias))
-
-
-def _sections(text: str) -> Iterator[tuple[str, str]]:
-    section = ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("[") and line.endswith("]"):
-            section = line[1:-1].strip()
-            continue
-        yield section, line
-
-
-def parse_lexicon(text: str) -> Lexicon:
-    phrases: dict[tuple[str, ...], tuple[str, str]] = {}
-    case_slots: set[str] = set()
-    cased: dict[str, tuple[str, str]] = {}
-    poles: dict[str, list[tuple[int, int]]] = {}
-    sets: dict[str, set[str]] = {"negation": set(), "filler": set(), "stop": set()}
-    synonyms: dict[str, str] = {}
-    group = 0
-    for section, line in _sections(text):
-        head, _, rest = line.partition("=")
-        if section.startswith("slot "):
-            words = section.split()
-            slot = words[1]
-            if "case" in words[2:]:
-                case_slots.add(slot)
-            canonical = head.strip().lower()
-            for alias in [canonical, *(a for a in rest.split(",") if a.strip())]:
-                phrases.setdefault(_words(alias), (slot, canonical))
-        elif section == "case":
-            slot, _, canonical = rest.strip().partition("/")
-            cased[head.strip()] = (slot, canonical)
-        elif section == "polar":
-            group += 1
-            for pole, side in enumerate(line.split("|")):
-                for word in (w.strip().lower() for w in side.split(",")):
-                    if word and (group, pole) not in poles.setdefault(word, []):
-                        poles[word].append((group, pole))
-        elif section == "synonym":
-            canonical = _stem(head.strip().lower())
-            for alias in rest.split(","):
-                words = _words(alias)
-                if words:
-                    synonyms[" ".join(words)] = canonical
-                    if len(words) == 1:
-                        synonyms[_stem(words[0])] = canonical
-        elif section in sets:
-            sets[section].update(_words(line))
-    return Lexicon(
-        phrases=phrases,
-        case_slots=frozenset(case_slots),
-        cased=cased,
-        poles={w: tuple(p) for w, p in poles.items()},
-        negations=frozenset(sets["negation"]),
-        synonyms=synonyms,
-        filler=frozenset(sets["filler"]),
-        stop=frozenset(sets["stop"]),
-    )
-
-
-@functools.cache
-def lexicon() -> Lexicon:
-    return parse_lexicon(LEXICON_PATH.read_text(encoding="utf-8"))
-
-
-@dataclass(frozen=True, slots=True)
 class Profile:
     slots: dict[str, frozenset[str]] = field(default_factory=dict)
     numbers: tuple[str, ...] = ()
@@ -190,6 +89,10 @@ class Profile:
     # `s:<slot>:<canonical>`, numbers as `n:<value>`, poles as `p:<group>:<pole>`, others as is.
     sequence: tuple[str, ...] = ()
     questions: frozenset[str] = frozenset()  # who / what / when / where / why / how / quantity
+    words: frozenset[str] = frozenset()  # the content words as written (lower case): "inedible", "edible"
+    choice: bool = False  # offers alternatives ("X or Y"): a question answered by one of them
+    vague: frozenset[str] = frozenset()  # vague words used mid-request (`v:` tokens), canonical
+    articles: int = 0  # "a" / "an": "a week" is "one week"
     # `sequence` without words that never change what is asked (articles, auxiliaries, the
     # asker's and the assistant's pronouns, filler): equal cores ask the same thing.
     core: tuple[str, ...] = ()
@@ -208,6 +111,23 @@ _QUESTIONS = {"who": "who", "whom": "who", "whose": "who", "what": "what", "what
               "when": "when", "where": "where", "why": "why", "how": "how", "hows": "how"}
 
 
+# "how" before a measure word asks for a quantity, like "how many": "how long", "how old", "how
+# expensive" (the antonym lists hold the measure adjectives); otherwise for a manner ("How do I...",
+# "explain how vaccines work"); "how come" asks why.
+_HOW_MEASURE = frozenset("many much often far soon deep".split())
+
+
+def _how(follow: str) -> str:
+    if follow == "come":
+        return "why"
+    return "quantity" if follow in _HOW_MEASURE or follow in lexicon().poles else "how"
+
+
+_ONE_PRONOUN = frozenset("which each this that the every any no another other".split())
+_AUXILIARIES = frozenset("is are was were do does did can could should would will shall may might must has have had "
+                         "am".split())
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
@@ -215,6 +135,8 @@ def _number(value: float) -> str:
 def _word_number(tokens: list[str], i: int) -> tuple[str | None, int]:
     """A number written in words starting at tokens[i] ("twenty five", "one hundred and two")."""
     word = tokens[i]
+    if word == "one" and i > 0 and tokens[i - 1] in _ONE_PRONOUN:
+        return None, i  # "which one", "the one": a pronoun
     if word in _ORDINALS:
         return f"#{_ORDINALS[word]}", i + 1
     if word in _EXTRA_NUMBERS:
@@ -244,7 +166,18 @@ def _word_number(tokens: list[str], i: int) -> tuple[str | None, int]:
 
 
 def numbers_key(profile: Profile) -> str:
-    return "\x00".join(profile.numbers)
+    """The semantic cache's guard: the numbers but "1", which "a"/"an" can stand for ("a week" /
+    "one week"); the verifier's numbers rule checks the ones."""
+    return "\x00".join(n for n in profile.numbers if n != "1")
+
+
+# Quoted text is what the request is about, not how it asks: the "where" of 'Translate "where is
+# the station"' is not a question word of the request.
+_QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|(?<![A-Za-z0-9])'[^']*'(?![A-Za-z0-9])")
+
+
+def _quoted(text: str) -> list[tuple[int, int]]:
+    return [m.span() for m in _QUOTED.finditer(text)]
 
 
 def _initial(text: str, start: int) -> bool:
@@ -262,6 +195,8 @@ def analyse(text: str) -> Profile:
     matches = list(_TOKEN.finditer(text))
     orig = [m.group(0) for m in matches]
     initial = [_initial(text, m.start()) for m in matches]
+    quoted = _quoted(text)
+    in_quotes = [any(start <= m.start() < end for start, end in quoted) for m in matches]
     tokens = [t.lower() for t in orig]
     items: list[tuple[str, int, int]] = []  # (key for roles, first token, one past the last)
     slots: dict[str, set[str]] = {}
@@ -272,6 +207,8 @@ def analyse(text: str) -> Profile:
     negations = 0
     sequence: list[str] = []
     questions: set[str] = set()
+    words: set[str] = set()
+    vague: set[str] = set()
     i = 0
     while i < len(tokens):
         word = tokens[i]
@@ -306,9 +243,13 @@ def analyse(text: str) -> Profile:
             i = j
             continue
         token = word
-        if word in _QUESTIONS:
-            follow = tokens[i + 1] if i + 1 < len(tokens) else ""
-            questions.add("quantity" if word == "how" and follow in ("many", "much") else _QUESTIONS[word])
+        # a question word right after a noun or a name is a relative pronoun ("my friend Emma who...")
+        # ... unless an auxiliary follows: "For analytics, why is Postgres better?"
+        follow = tokens[i + 1] if i + 1 < len(tokens) else ""
+        relative = (not initial[i] and bool(sequence) and sequence[-1][:2] in ("c:", "s:", "n:", "p:", "v:")
+                    and follow not in _AUXILIARIES)
+        if word in _QUESTIONS and not in_quotes[i] and not relative:
+            questions.add(_how(follow) if word in ("how", "hows") else _QUESTIONS[word])
         if word in lex.negations:
             negations += 1
             token = "not"
@@ -317,11 +258,20 @@ def analyse(text: str) -> Profile:
                 poles.setdefault(g, set()).add(pole)
                 items.append((f"polar{g}:{pole}", i, i + 1))
             token = "p:" + ",".join(f"{g}:{pole}" for g, pole in lex.poles[word])
-        elif word not in lex.stop and word not in lex.filler and word not in _ROLE_TOKENS:
+        elif len(orig[i]) == 1 and orig[i].isupper() and orig[i] != "I" and not initial[i]:
+            token = "c:" + word  # a label: "folder A", "plan B" (the article "a" is lower case)
+            content.add(word)
+            items.append((token, i, i + 1))
+        elif word not in lex.stop and word not in _ROLE_TOKENS:
             stem = _stem(word)
-            if stem not in lex.filler and stem not in lex.stop:
+            if word in lex.filler or stem in lex.filler:
+                if not initial[i] and (word in lex.vague or stem in lex.vague):
+                    vague.add(lex.synonyms.get(word) or lex.synonyms.get(stem) or stem)
+                    token = "v:" + stem
+            elif stem not in lex.stop:
                 canonical = lex.synonyms.get(word) or lex.synonyms.get(stem) or stem
                 content.add(canonical)
+                words.add(word)
                 token = "c:" + canonical
                 items.append((token, i, i + 1))
                 if orig[i][:1].isupper() and not initial[i] and not orig[i].isupper():
@@ -338,16 +288,29 @@ def analyse(text: str) -> Profile:
         caps=frozenset(caps),
         sequence=tuple(sequence),
         questions=frozenset(questions),
+        words=frozenset(words),
+        choice="or" in tokens,
+        vague=frozenset(vague),
+        articles=sum(1 for t in tokens if t in ("a", "an")),
         core=tuple(_CANONICAL.get(t, t) for t in sequence if t not in _IGNORABLE and t not in lex.filler),
     )
 
 
+def _counted(tokens: list[str], pos: int) -> bool:
+    """The word at `pos` is what a count asks for: "how many bones", "the number of bones"."""
+    return (pos > 0 and tokens[pos - 1] in ("many", "much")) or (
+        pos > 1 and tokens[pos - 1] == "of" and tokens[pos - 2] in ("number", "count", "amount"))
+
+
 def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, frozenset[str]]:
     """Role of each salient word: after to/into/in/as -> `to`, after from -> `from`, after than ->
-    `than`; right before to/into -> `from`; shortly before than -> `subject`; else `none`."""
+    `than`; right before to/into -> `source`; shortly before than -> `subject`; else `none`."""
     roles: dict[str, set[str]] = {}
     # "How many X are in Y": X is what is asked for (`to`), the thing after "in" is the source.
-    counted = any(pos > 0 and tokens[pos - 1] in ("many", "much") for _, pos, _ in items)
+    counted = any(_counted(tokens, pos) for _, pos, _ in items)
+    # positions that no infinitive starts with: articles and pronouns, numbers, closed-class words
+    marked = {i for i, t in enumerate(tokens) if t in _SKIP or _DIGITS.match(t)}
+    marked |= {pos for key, pos, _ in items if not key.startswith(("c:", "polar"))}
     for key, pos, end in items:
         role = "none"
         k = pos - 1
@@ -357,14 +320,18 @@ def _roles(tokens: list[str], items: list[tuple[str, int, int]]) -> dict[str, fr
         after = tokens[end] if end < len(tokens) else ""
         if before == "than":
             role = "than"
-        elif before in ("many", "much"):
+        elif before in ("many", "much") or _counted(tokens, pos):
             role = "to"
         elif before == "in" and counted:
             role = "from"
+        elif before == "to" and k == pos - 1 and after in ("to", "into", "in"):
+            pass  # "unable to log in to": an infinitive, no direction
         elif before in _DIRECTION:
             role = _DIRECTION[before]
         elif after in ("to", "into", "in"):
-            role = "from"
+            # before "to a list", "to JSON", "to 5": a source; before "to play" (maybe an infinitive) or
+            # "in" ("indentation in Python") only perhaps
+            role = "from" if end + 1 in marked and after != "in" else "source"
         elif "than" in tokens[end : end + 3]:
             role = "subject"
         roles.setdefault(key, set()).add(role)

@@ -59,6 +59,23 @@ async def test_near_miss_above_the_floor_is_refused_and_paraphrase_served_with_i
     assert headers["x-gateway-cache-verifier"] == "1.000"
 
 
+@pytest.mark.parametrize(("cached", "query", "rule"), [
+    ("What's 9 minus 3?", "What's 3 minus 9?", "order"),
+    ("Convert my Spotify playlist into an Apple Music one.", "Convert my Apple Music playlist into a Spotify one.",
+     "order"),
+    ("Write an essay in favour of a four-day week.", "Write an essay against a four-day week.", "antonym"),
+    ("Who painted The Starry Night?", "When was The Starry Night painted?", "question"),
+])
+async def test_same_words_in_another_order_stance_or_question_are_refused_above_the_floor(embedder, cached, query,
+                                                                                          rule):
+    sc = SemanticCache(ResponseCache(MemoryStore()), embedder)
+    await seed(sc, cached)
+    q = sc.prepare("t", "chat", body(query), SEM)
+    assert await sc.lookup(q) is None
+    assert q.similarity >= SemanticCacheSpec().threshold, "cosine alone would have served it"
+    assert q.verdict.reason == rule
+
+
 async def test_verified_candidates_per_lookup_are_bounded(embedder):
     loose = CacheSpec(semantic=SemanticCacheSpec(enabled=True, threshold=0.3))
     sc = SemanticCache(ResponseCache(MemoryStore()), embedder, max_candidates=2)
