@@ -30,6 +30,8 @@ import uuid
 import zipfile
 from pathlib import Path
 
+from .loading import MODEL_LOAD_LOCK
+
 log = logging.getLogger(__name__)
 
 NAME = "smollm2-135m-instruct"
@@ -85,13 +87,14 @@ def convert(gguf: Path, out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    config = loaded.config
-    del config.quantization_config  # the weights are float now: saved and loaded as such
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict(), strict=True)
-    del loaded
+    with MODEL_LOAD_LOCK:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        config = loaded.config
+        del config.quantization_config  # the weights are float now: saved and loaded as such
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        del loaded
     im_end, endoftext = (tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>"))
     model.generation_config.bos_token_id = tokenizer.bos_token_id
     model.generation_config.eos_token_id = [im_end, endoftext]

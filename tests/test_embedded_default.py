@@ -6,59 +6,19 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import signal
-import subprocess
 import sys
+import threading
 import time
-from pathlib import Path
 
 import httpx
 import openai
 
+from cache.embedder import Embedder
 from selfhost_engine import bundled, smollm2
-from tests.bundled_model import smollm2_dir
-from tests.gateway_proc import ROOT
-from tests.stubs.openai_stub import free_port
-
-
-def seeded_cache(cache_home: Path) -> Path:
-    """A fresh XDG cache home whose models folder already holds the converted model (as after a
-    first start), so the test does not fetch and convert it again."""
-    models = cache_home / "hybrid-gateway" / "models"
-    models.mkdir(parents=True)
-    (models / smollm2.NAME).symlink_to(smollm2_dir(), target_is_directory=True)
-    return cache_home
-
-
-def start_serve(argv: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT, timeout: float = 120):
-    """Start `serve`, wait for /readyz; returns (process, port, the dev key it printed)."""
-    port = free_port()
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([*argv, "serve", "--port", str(port)], cwd=cwd, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    key = None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        match = re.search(r"dev tenant key .*?: (sk-gw-\S+)", log.read_text())
-        if match:
-            key = match.group(1)
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                    return proc, port, key
-            except httpx.HTTPError:
-                pass
-        if proc.poll() is not None:
-            raise AssertionError(f"serve exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        time.sleep(0.2)
-    stop(proc)
-    raise AssertionError(f"serve not ready in {timeout} s (dev key printed: {bool(key)}):\n{log.read_text()[-4000:]}")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(15)
+from selfhost_engine.config import EngineConfig
+from selfhost_engine.loading import MODEL_LOAD_LOCK
+from selfhost_engine.model_runner import ModelRunner
+from tests.bundled_model import seeded_cache, smollm2_dir, start_serve, stop
 
 
 def test_serve_with_no_configuration_answers_from_the_bundled_engine(tmp_path):
@@ -117,3 +77,29 @@ def test_offline_the_engine_serves_random_weights_and_says_so_once(tmp_path, mon
     assert len(warnings) == 1, warnings
     assert "smollm2-135m-instruct could not be fetched" in warnings[0] and "random-weight demo model" in warnings[0]
     assert not (tmp_path / smollm2.NAME).exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_model_loads_in_one_process_wait_for_each_other():
+    """At startup the engine and the MiniLM embedder load on two threads. transformers replaces
+    `PreTrainedModel.tie_weights` with a no-op class-wide while it loads, so overlapping loads
+    left SmolLM2's tied `lm_head` on the meta device ("Cannot copy out of meta tensor": the engine
+    never started) or tying disabled for good. Every load takes the one process-wide lock: while
+    another load holds it, neither starts."""
+    from transformers import PreTrainedModel
+
+    tie_weights = PreTrainedModel.tie_weights
+    loaded: dict = {}
+    loaders = [threading.Thread(target=lambda: loaded.setdefault("minilm", Embedder().load())),
+               threading.Thread(target=lambda: loaded.setdefault("engine", ModelRunner(EngineConfig(
+                   model=str(smollm2_dir()), device="cpu", dtype="float32", num_blocks=4))))]
+    with MODEL_LOAD_LOCK:  # another model is loading
+        for t in loaders:
+            t.start()
+        time.sleep(2)
+        assert not loaded, "a model load started while another was in progress"
+    for t in loaders:
+        t.join(120)
+    assert set(loaded) == {"minilm", "engine"}
+    model = loaded["engine"].model
+    assert model.lm_head.weight.device.type == "cpu" and model.lm_head.weight is model.model.embed_tokens.weight
+    assert PreTrainedModel.tie_weights is tie_weights
