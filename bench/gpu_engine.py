@@ -280,7 +280,7 @@ def run_model(a, name: str, device: torch.device) -> dict:
                     "params": p}
     workloads = {c: [([rng.randrange(10, vocab) for _ in range(rng.randint(*p["in_len"]))], rng.randint(*p["out_len"]))
                      for _ in range(2 * c)] for c in p["concurrency"]}
-    b1_prompt = [rng.randrange(10, vocab) for _ in range(16 if a.tiny else 128)]
+    b1_prompt = [rng.randrange(10, vocab) for _ in range(16 if p is SMALL else 128)]
     eng = make_engine(model, tok, a, p, name=name, eager=False, max_num_seqs=max(p["concurrency"]))
     run_engine(eng, workloads[p["concurrency"][0]][:4], 4)          # warm-up
     section(report, "kv_pool", lambda: {
