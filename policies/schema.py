@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from selfhost_engine.bundled import NAMES as BUNDLED
+
 NonNegFloat = Annotated[float, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
 PosInt = Annotated[int, Meta(ge=1)]
@@ -50,7 +52,9 @@ class TimeoutSpec(_Spec):
 class EmbeddedEngine(_Spec):
     """The bundled engine, run inside the gateway process (the embedded default)."""
 
-    model_dir: str | None = None  # None: build the tiny demo model into the cache folder
+    # None: the bundled model the target's `model` names (selfhost_engine/bundled.py), fetched or
+    # built once into the cache folder: smollm2-135m-instruct, or tiny-llama (random weights).
+    model_dir: str | None = None
     max_num_seqs: PosInt = 32
     max_model_len: PosInt = 2048
     num_blocks: PosInt | None = None
@@ -387,6 +391,10 @@ class Policy(_Spec):
             if target.autoscale is not None and (target.provider != "selfhost" or target.embedded is not None):
                 errors.append((f"$.targets.{target_name}.autoscale",
                                "autoscale advice is for selfhost targets served over HTTP (not embedded)"))
+            if target.embedded is not None and target.embedded.model_dir is None and target.model not in BUNDLED:
+                errors.append((f"$.targets.{target_name}.model",
+                               f"an embedded target without model_dir serves a bundled model: one of "
+                               f"{', '.join(BUNDLED)} (got {target.model!r})"))
         for model_name, model in self.models.items():
             for i, target in enumerate(model.targets):
                 if target not in self.targets:

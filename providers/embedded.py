@@ -2,9 +2,10 @@
 
 With no configuration the gateway must answer on a fresh machine with no managed-API key, so a
 `selfhost` target with an `embedded` block runs the engine in-process (its step loop on its own
-thread) on a model directory, or on the tiny demo model built on first start into the cache
-folder. In production the engine runs as its own process on GPU nodes and the policy points at
-it over HTTP instead (`providers/selfhost.py`).
+thread) on a model directory, or on a bundled model fetched or built on first start into the
+cache folder (`selfhost_engine/bundled.py`: SmolLM2-135M-Instruct, or the random `tiny-llama`).
+In production the engine runs as its own process on GPU nodes and the policy points at it over
+HTTP instead (`providers/selfhost.py`).
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ class EmbeddedEngineProvider:
         self._engine = None
         self._loading: asyncio.Task | None = None
         self._error: str | None = None
+        self._fallback = ""  # why the bundled model asked for is not the one served ("" when it is)
 
     def _load(self):
         from selfhost_engine import AsyncEngine
-        from selfhost_engine.tiny_model import ensure_tiny_model
+        from selfhost_engine.bundled import prepare
 
         embedded = self.spec.embedded
-        model_dir = embedded.model_dir or str(ensure_tiny_model(self._cache_dir / "models"))
+        model_dir = embedded.model_dir
+        if model_dir is None:  # a bundled model, named by the target's `model`
+            prepared = prepare(self.spec.model, self._cache_dir / "models")
+            model_dir, self._fallback = str(prepared.path), prepared.fallback_reason
         config = {"max_num_seqs": embedded.max_num_seqs, "max_model_len": embedded.max_model_len}
         if embedded.num_blocks is not None:
             config["num_blocks"] = embedded.num_blocks
@@ -136,7 +141,10 @@ class EmbeddedEngineProvider:
 
     async def health(self) -> Health:
         if self._engine is not None:
-            return Health(self._engine.is_running, "engine running" if self._engine.is_running else "engine stopped")
+            detail = "engine running" if self._engine.is_running else "engine stopped"
+            if self._fallback:
+                detail += f"; serving the random-weight demo model ({self._fallback})"
+            return Health(self._engine.is_running, detail)
         return Health(False, self._error or "engine loading")
 
     async def aclose(self) -> None:

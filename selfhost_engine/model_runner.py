@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 from .attention import ATTN_NAME, AttentionContext, PrefillChunk
 from .config import EngineConfig
 from .kv_cache import KVCache
+from .loading import MODEL_LOAD_LOCK
 from .sequence import Sequence
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,9 @@ class ModelRunner:
         if config.num_threads and self.device.type == "cpu":
             torch.set_num_threads(config.num_threads)
         if model is None:
-            model = AutoModelForCausalLM.from_pretrained(config.model, dtype=self.dtype,
-                                                         attn_implementation=ATTN_NAME)
+            with MODEL_LOAD_LOCK:
+                model = AutoModelForCausalLM.from_pretrained(config.model, dtype=self.dtype,
+                                                             attn_implementation=ATTN_NAME)
         else:
             model.set_attn_implementation(ATTN_NAME)
         self.model = model.to(self.device).eval()

@@ -15,6 +15,8 @@ import tempfile
 import uuid
 from pathlib import Path
 
+from .loading import MODEL_LOAD_LOCK
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 EOS_TOKEN = "<|im_end|>"
 BOS_TOKEN = "<|endoftext|>"
@@ -143,7 +145,8 @@ def make_tiny_model(
     cfg.eos_token_id = loaded.eos_token_id
     cfg.pad_token_id = loaded.pad_token_id
     torch.manual_seed(seed)
-    model = model_cls(cfg)
+    with MODEL_LOAD_LOCK:  # building runs transformers' post_init (weight tying), as a load does
+        model = model_cls(cfg)
     model.generation_config.bos_token_id = cfg.bos_token_id
     model.generation_config.eos_token_id = cfg.eos_token_id
     model.generation_config.pad_token_id = cfg.pad_token_id

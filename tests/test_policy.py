@@ -50,6 +50,8 @@ def test_committed_json_schema_is_current():
         (VALID.replace("targets: [a]", "targets: [a, b]"), 8, "models.m.targets[1]", "unknown target 'b'"),
         (VALID.replace("targets: [a]", "targets: []"), 8, "models.m.targets", "length >= 1"),
         (VALID + "default_model: nope\n", 9, "default_model", "not a declared model"),
+        (VALID.replace("provider: openai\n    model: gpt-4o", "provider: selfhost\n    model: llama-3\n    embedded: {}"),
+         4, "targets.a.model", "without model_dir serves a bundled model: one of smollm2-135m-instruct, tiny-llama"),
         (VALID + "tenants:\n  t:\n    keys: [plaintext-key]\n", 11, "tenants.t.keys[0]", "matching regex"),
         (VALID + "limits:\n  max_body_bytes: 0\n", 10, "limits.max_body_bytes", ">= 1"),
         ("targets: [\n", 2, "", "invalid YAML"),
