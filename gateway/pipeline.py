@@ -314,7 +314,8 @@ class Gateway:
 
     def retrieve_model(self, model: str, headers: Mapping[str, str]) -> dict[str, Any]:
         principal = self.runtime.keyring.authenticate(headers)
-        if model not in self._visible(principal):
+        # an alias (`local`, `claude-*`) names the model it routes to, as a chat request would
+        if self.runtime.router.resolve(model) not in self._visible(principal):
             raise GatewayError(404, f"The model '{model}' does not exist or you do not have access to it.",
                                code="model_not_found", param="model")
         return model_object(model)

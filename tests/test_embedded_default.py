@@ -30,6 +30,7 @@ def test_serve_with_no_configuration_answers_from_the_bundled_engine(tmp_path):
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         assert [m.id for m in client.models.list()] == ["local-embed", "smollm2-135m-instruct", "auto"]
         assert client.models.retrieve("smollm2-135m-instruct").id == "smollm2-135m-instruct"
+        assert client.models.retrieve("local").id == "local", "an alias is a model a caller may retrieve"
         # The README's request: a real answer from the real model, through `auto`.
         raw = client.chat.completions.with_raw_response.create(
             model="auto", messages=[{"role": "user", "content": "What is the capital of France?"}], max_tokens=16,
