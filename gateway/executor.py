@@ -24,6 +24,7 @@ from policies.schema import RetrySpec
 from providers.base import (
     BadRequest,
     Completion,
+    ContextTooLong,
     ProviderError,
     ProviderRequest,
     RateLimited,
@@ -89,12 +90,18 @@ def _is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, ProviderError) and exc.retryable
 
 
-def _is_final(exc: ProviderError) -> bool:
+def _is_final(exc: ProviderError, candidate: Candidate, plan: Plan) -> bool:
     """Errors that no other target would answer differently: return them to the caller at once.
 
-    A context-length refusal is one of them: candidates whose known context cannot hold the
-    prompt never get here (admission.fitting), so another target would refuse it too, and a
-    retryable 5xx/529 would only make SDKs resend the same oversized prompt."""
+    A bad request is one of them, and so is a context-length refusal unless a later candidate has
+    a known, larger context window: admission already dropped candidates whose known
+    window cannot hold the prompt's estimate, but an estimate can be short (code, CJK), and a
+    bigger fallback must still get its turn. Otherwise a retryable 5xx/529 would only make SDKs
+    resend the same oversized prompt."""
+    if isinstance(exc, ContextTooLong):
+        limit = candidate.spec.context_limit()
+        later = plan.candidates[plan.candidates.index(candidate) + 1:]
+        return limit is None or not any((other.spec.context_limit() or 0) > limit for other in later)
     return isinstance(exc, BadRequest)
 
 
@@ -182,7 +189,7 @@ class Executor:
                     self.observe(candidate, error, request.timeouts.total)
                 failures.append(Failure(candidate.name, error))
             except ProviderError as exc:
-                if _is_final(exc):
+                if _is_final(exc, candidate, plan):
                     raise as_gateway_error(exc) from None
                 failures.append(Failure(candidate.name, exc))
         raise all_failed(failures)
@@ -222,7 +229,7 @@ class Executor:
             except StopAsyncIteration:
                 failures.append(Failure(candidate.name, _empty(candidate.name)))
             except ProviderError as exc:
-                if _is_final(exc):
+                if _is_final(exc, candidate, plan):
                     raise as_gateway_error(exc) from None
                 failures.append(Failure(candidate.name, exc))
         raise all_failed(failures)

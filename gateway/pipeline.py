@@ -48,7 +48,7 @@ from gateway.router import Candidate, Plan, Router
 from gateway.telemetry import NullTelemetry, RequestRecord, Telemetry
 from policies.schema import Policy
 from protocols.anthropic_messages import forwarded_headers
-from protocols.headers import verbatim_headers
+from protocols.headers import for_target, verbatim_headers
 from protocols.api import Api
 from protocols.errors import GatewayError
 from protocols.turns import turns_of
@@ -197,7 +197,8 @@ class Gateway:
                 request_id=call.request_id, tenant=principal.tenant,
                 timeouts=Timeouts(connect=t.connect, first_token=t.first_token, total=t.total),
                 prefix_key=prefix_key, endpoint=candidate.endpoint, api=api,
-                forward_headers=translated if isinstance(candidate.provider, Translated) else verbatim,
+                forward_headers=for_target(translated if isinstance(candidate.provider, Translated) else verbatim,
+                                           candidate.spec.headers),
             )
 
         delivery = Delivery(self, call, inbound, plan, admitted, found, reservation, upstream_request)

@@ -12,7 +12,6 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from selfhost_engine.bundled import NAMES as BUNDLED
 
 NonNegFloat = Annotated[float, Meta(ge=0)]
 PosFloat = Annotated[float, Meta(gt=0)]
@@ -20,6 +19,12 @@ PosInt = Annotated[int, Meta(ge=1)]
 Name = Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]*$")]
 Sha256Hex = Annotated[str, Meta(pattern=r"^(sha256:)?[0-9a-f]{64}$")]
 
+
+
+# The models the bundled engine can serve without `model_dir` (selfhost_engine/bundled.py builds
+# or fetches them; a test keeps the two lists equal). Kept here so the policy layer imports
+# nothing of ours.
+BUNDLED = ("smollm2-135m-instruct", "tiny-llama")
 
 class _Spec(Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
     pass

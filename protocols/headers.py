@@ -14,6 +14,8 @@ from collections.abc import Mapping
 _NEVER = frozenset({
     # credentials: the upstream gets the gateway's key, never the caller's
     "authorization", "x-api-key", "api-key", "cookie", "proxy-authorization",
+    # whose account the gateway's key bills: the operator's choice, never the caller's
+    "openai-organization", "openai-project",
     # framing and hop-by-hop (RFC 9110 §7.6.1): the gateway's client sets its own
     "host", "content-length", "content-type", "content-encoding", "transfer-encoding", "connection",
     "keep-alive", "te", "trailer", "upgrade", "expect", "accept", "accept-encoding", "proxy-connection",
@@ -33,3 +35,12 @@ def verbatim_headers(headers: Mapping[str, str]) -> dict[str, str]:
             continue
         out[lowered] = value
     return out
+
+
+def for_target(forwarded: Mapping[str, str], configured: Mapping[str, str]) -> dict[str, str]:
+    """The forwarded headers minus those the operator set for the target (`targets.*.headers`):
+    an operator's routing, auth or billing header is never replaced by a caller's."""
+    if not configured or not forwarded:
+        return dict(forwarded)
+    taken = {name.lower() for name in configured}
+    return {name: value for name, value in forwarded.items() if name.lower() not in taken}

@@ -173,6 +173,7 @@ POLICY = """
         base_url: {openai_url}
         api_key_env: STUB_OPENAI_KEY
         timeouts: {{connect: 2, first_token: 10, total: 20}}
+        headers: {{X-Team: platform}}
       openai-b:
         provider: openai
         model: gpt-upstream-b
@@ -267,8 +268,10 @@ def test_claude_code_request_is_translated_for_a_chat_target(gw, openai_stub):
 
 def test_codex_request_reaches_an_openai_target_with_its_headers(gw, openai_stub):
     headers = _forwardable(CODEX["headers"])
+    # a caller never replaces the operator's target headers, nor picks the account the key bills
+    spoofed = {"x-team": "caller", "openai-organization": "org-caller", "openai-project": "proj-caller"}
     with httpx.stream("POST", gw.base_url + "/responses", json=CODEX["body"], timeout=30,
-                      headers={"authorization": f"Bearer {gw.dev_key}", **headers}) as reply:
+                      headers={"authorization": f"Bearer {gw.dev_key}", **headers, **spoofed}) as reply:
         assert reply.status_code == 200, reply.read()
         events = [line for line in reply.iter_lines() if line.startswith("event:")]
     assert events[-1] == "event: response.completed"
@@ -276,6 +279,7 @@ def test_codex_request_reaches_an_openai_target_with_its_headers(gw, openai_stub
     received = {k.lower(): v for k, v in openai_stub.control.headers[-1].items()}
     assert received["x-openai-internal-codex-responses-lite"] == "true"
     assert received["session-id"] == CODEX["headers"]["session-id"] and received["originator"] == "codex_exec"
+    assert received["x-team"] == "platform" and "openai-organization" not in received and "openai-project" not in received
 
 
 def test_codex_request_is_translated_for_a_chat_target(gw, openai_stub):
@@ -342,6 +346,18 @@ def test_an_upstream_context_length_refusal_is_final_and_a_400(gw, stub, openai_
     error = reply.json()["error"]
     assert error["code"] == "context_length_exceeded" and error["message"] == OPENAI_TOO_LONG
     assert len(openai_stub.control.requests) == 1
+
+
+def test_a_context_length_refusal_still_fails_over_to_a_larger_window(gw, openai_stub):
+    """Admission keeps a candidate whose window holds the prompt's estimate; the estimate can be
+    short (code, CJK), and then the target with the larger known window must get its turn."""
+    openai_stub.control.fail_next(1, status=400, message=OPENAI_TOO_LONG)
+    reply = httpx.post(gw.base_url + "/chat/completions", headers={"authorization": f"Bearer {gw.dev_key}"},
+                       timeout=30, json={"model": "tiny-context", "max_tokens": 5,
+                                         "messages": [{"role": "user", "content": "hi"}]})
+    assert reply.status_code == 200, reply.text
+    assert reply.headers["x-gateway-target"] == "small-b" and reply.headers["x-gateway-fallbacks"] == "small-a"
+    assert len(openai_stub.control.requests) == 2
 
 
 class _Bug(Exception):

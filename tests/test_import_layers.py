@@ -23,13 +23,18 @@ FORBIDDEN = {
 }
 
 
+# Stdlib-only modules any layer may import: the one process-wide lock every model loader holds
+# (transformers cannot load two models at once on two threads).
+SHARED_LEAVES = {"selfhost_engine.loading"}
+
+
 def imported_packages(path: Path) -> set[tuple[str, int]]:
     """(top-level package, line) of every absolute import in `path`."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            found |= {(alias.name.split(".")[0], node.lineno) for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found |= {(alias.name.split(".")[0], node.lineno) for alias in node.names if alias.name not in SHARED_LEAVES}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module and node.module not in SHARED_LEAVES:
             found.add((node.module.split(".")[0], node.lineno))
     return found
 
@@ -41,3 +46,16 @@ def test_no_import_runs_upward(package):
     upward = [f"{path.relative_to(ROOT)}:{line} imports {name}"
               for path in files for name, line in sorted(imported_packages(path)) if name in FORBIDDEN[package]]
     assert not upward, upward
+
+
+def test_shared_leaves_import_nothing_of_ours():
+    for leaf in sorted(SHARED_LEAVES):
+        path = ROOT / (leaf.replace(".", "/") + ".py")
+        assert not {name for name, _ in imported_packages(path)} & OURS, leaf
+
+
+def test_the_policy_layer_knows_the_bundled_models():
+    from policies.schema import BUNDLED
+    from selfhost_engine.bundled import NAMES
+
+    assert BUNDLED == NAMES

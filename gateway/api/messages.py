@@ -14,6 +14,7 @@ from litestar import Request, Response, post
 from gateway.pipeline import Gateway, new_request_id
 from protocols import anthropic_messages
 from protocols.api import Api
+from protocols.headers import for_target
 from protocols.errors import GatewayError, status_for
 from protocols.wire import convert, decode_json
 from providers.base import ProviderError, ProviderRequest, Timeouts, TokenCounter
@@ -44,7 +45,8 @@ async def count_tokens(request: Request) -> Response:
         t = candidate.timeouts
         upstream = ProviderRequest(body={**body, "model": candidate.spec.model, "max_tokens": 1},
                                    request_id=new_request_id(headers),
-                                   tenant=principal.tenant, api=Api.MESSAGES, forward_headers=forward,
+                                   tenant=principal.tenant, api=Api.MESSAGES,
+                                   forward_headers=for_target(forward, candidate.spec.headers),
                                    timeouts=Timeouts(connect=t.connect, first_token=t.first_token, total=t.total))
         try:
             counted = await candidate.provider.count_tokens(upstream)
