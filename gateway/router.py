@@ -285,7 +285,8 @@ class Router:
     def hold(self, fresh: Plan, pin: Pin | None, tool_loop: bool, api: Api) -> Plan:
         """The plan for one request of a conversation, given what was decided for it before.
 
-        No earlier decision (or one this policy no longer has): the fresh plan, kept from now on.
+        No earlier decision (or one this policy no longer has: the route, or the target among the
+        route's weighted targets and fallbacks, drained by a reload): the fresh plan, kept from now on.
         Otherwise the earlier route and target stay, whatever this request's own score says,
         except that a new user turn may escalate: when the fresh plan's first target is stronger
         (priced higher, `sticky.strength`) than the kept one, the fresh plan wins and is kept.
@@ -294,7 +295,7 @@ class Router:
         and the route's others stay behind it.
         """
         route = self._routes.get(pin.route) if pin is not None else None
-        if pin is None or route is None or not route.sticky or pin.target not in self.policy.targets:
+        if pin is None or route is None or not route.sticky or pin.target not in _serving(route):
             fresh.sticky = "new"
             return fresh
         if not tool_loop and strength(fresh.candidates[0].spec) > strength(self.policy.targets[pin.target]):
@@ -342,3 +343,8 @@ class Router:
             else:
                 placed.append(candidate)
         plan.candidates = placed
+
+
+def _serving(route: RouteSpec) -> set[str]:
+    """The targets a route still sends traffic to: weighted above zero, or a fallback."""
+    return {choice.target for choice in route.targets if choice.weight > 0} | set(route.fallbacks)

@@ -171,6 +171,16 @@ def test_failover_moves_the_conversation_and_sticky_false_turns_it_off():
                   .replace("    fallbacks: [frontier]", "    fallbacks: [frontier]\n    sticky: false"))
     decided = asyncio.run(run(off, body))
     assert decided.sticky == "" and decided.thread is None
+    # a reload that drains the kept target from the route (weight 0): the conversation is decided afresh
+    drained = _router(POLICY.replace("{target: frontier, weight: 50}, {target: canary, weight: 50}",
+                                     "{target: frontier, weight: 0}, {target: canary, weight: 100}"))
+    pinned = asyncio.run(run(router, {"messages": [{"role": "user", "content": HARD_ASK + " (b)"}]}))
+    asyncio.run(sticky.served(pinned, "frontier"))
+    later = {"messages": [{"role": "user", "content": HARD_ASK + " (b)"}, {"role": "assistant", "content": "ok"},
+                          {"role": "user", "content": "and now?"}]}
+    assert asyncio.run(run(router, later)).candidates[0].name == "frontier"
+    again = asyncio.run(run(drained, later))
+    assert again.sticky == "new" and again.candidates[0].name != "frontier"  # decided on its own score
 
 
 def test_keys_and_expiry():
