@@ -222,16 +222,26 @@ def tools_of(tools: Any, *, strict: bool = True) -> list[dict[str, Any]]:
     return out
 
 
-def _tool_choice(choice: Any) -> Any:
+def _tool_choice(choice: Any, tool_map: responses_tools.ToolMap) -> Any:
     if choice is None or isinstance(choice, str):
         return choice
     if isinstance(choice, Mapping) and choice.get("type") in ("function", "custom"):
-        return {"type": "function", "function": {"name": choice.get("name")}}
+        return {"type": "function", "function": {"name": _chosen(choice, tool_map)}}
     if isinstance(choice, Mapping) and choice.get("type") == "allowed_tools":  # chat has the same subset
-        allowed = [{"type": "function", "function": {"name": tool.get("name")}} for tool in choice.get("tools") or []
-                   if isinstance(tool, Mapping)]
+        allowed = [{"type": "function", "function": {"name": _chosen(tool, tool_map)}}
+                   for tool in choice.get("tools") or [] if isinstance(tool, Mapping)]
         return {"type": "allowed_tools", "allowed_tools": {"mode": choice.get("mode") or "auto", "tools": allowed}}
     raise Untranslatable(f"tool_choice of type '{choice.get('type')}' is only available on OpenAI targets")
+
+
+def _chosen(ref: Mapping[str, Any], tool_map: responses_tools.ToolMap) -> str:
+    """The chat function a tool_choice names: the declared tool of that name (in its namespace, or
+    the one namespace that declares it), as `responses_tools.build` named it."""
+    name, namespace = ref.get("name"), ref.get("namespace")
+    if namespace:
+        return responses_tools.chat_name(name, namespace)
+    declared = [chat for chat, route in tool_map.routes.items() if route.name == name]
+    return declared[0] if len(declared) == 1 else responses_tools.chat_name(name)
 
 
 def _response_format(text: Any) -> dict[str, Any] | None:
@@ -256,7 +266,7 @@ def to_chat(body: Mapping[str, Any]) -> dict[str, Any]:
     if tools:
         chat["tools"] = tools
         if body.get("tool_choice") is not None:
-            chat["tool_choice"] = _tool_choice(body["tool_choice"])
+            chat["tool_choice"] = _tool_choice(body["tool_choice"], tool_map)
         if body.get("parallel_tool_calls") is not None:
             chat["parallel_tool_calls"] = body["parallel_tool_calls"]
     response_format = _response_format(body.get("text"))

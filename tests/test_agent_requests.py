@@ -85,6 +85,16 @@ def test_codex_additional_tools_become_chat_functions_and_calls_come_back_namesp
     assert (item["type"], item["namespace"], item["name"]) == ("function_call", "collaboration", "send_message")
 
 
+def test_tool_choice_names_a_namespaced_tool_as_it_was_declared():
+    translator = ResponsesToChat()
+    chat = translator.request({**CODEX["body"], "tool_choice": {"type": "function", "name": "spawn_agent"}}, Hints())
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "collaboration__spawn_agent"}}
+    chat = translator.request({**CODEX["body"], "tool_choice": {"type": "allowed_tools", "mode": "required", "tools": [
+        {"type": "function", "name": "sleep", "namespace": "clock"}, {"type": "function", "name": "exec"}]}}, Hints())
+    assert [t["function"]["name"] for t in chat["tool_choice"]["allowed_tools"]["tools"]] == ["clock__sleep", "exec"]
+    assert {"clock__sleep", "exec"} <= {t["function"]["name"] for t in chat["tools"]}
+
+
 async def test_codex_namespaced_calls_stream_back_as_the_callers_items():
     translator = ResponsesToChat()
     translator.request({**CODEX["body"], "stream": True}, Hints())
