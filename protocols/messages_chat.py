@@ -125,7 +125,7 @@ def _assistant_turn(content: Any) -> list[dict[str, Any]]:
     text = "".join(b.get("text", "") for b in content if b.get("type") == "text")
     for block in content:
         kind = block.get("type")
-        if kind in _BLOCK_KEYS:
+        if isinstance(kind, str) and kind in _BLOCK_KEYS:
             fidelity.unread(block, _BLOCK_KEYS[kind], kind)
         elif kind not in ("thinking", "redacted_thinking"):  # thinking is named by `dropped`
             fidelity.dropped(f"messages.{kind}")  # e.g. a server tool's call and result

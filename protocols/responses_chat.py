@@ -473,11 +473,11 @@ def _report_unread(body: Mapping[str, Any]) -> None:
         if not isinstance(item, Mapping):
             continue
         kind = item.get("type") or ("message" if "role" in item else None)
-        if kind in _ITEM_KEYS:
+        if isinstance(kind, str) and kind in _ITEM_KEYS:
             fidelity.unread(item, _ITEM_KEYS[kind] | ({"id"} if not item.get("call_id") else set()), kind)
         parts = item.get("content") if kind == "message" else item.get("output") if kind == "function_call_output" else None
         for part in parts if isinstance(parts, list) else []:
-            if isinstance(part, Mapping) and part.get("type") in _PART_KEYS:
+            if isinstance(part, Mapping) and isinstance(part.get("type"), str) and part["type"] in _PART_KEYS:
                 fidelity.unread(part, _PART_KEYS[part["type"]], part["type"])
 
 

@@ -186,7 +186,7 @@ def responses_turns(body: Mapping[str, Any]) -> Turns:
                 walk.assistant()
             else:  # system, developer
                 walk.fixed("\n".join(texts))
-        elif kind in _TOOL_OUTPUTS:
+        elif isinstance(kind, str) and kind in _TOOL_OUTPUTS:
             walk.tool()
         elif kind in ("function_call", "custom_tool_call"):
             walk.tool_loop = False
