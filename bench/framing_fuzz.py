@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.conftest import STUB_POLICY, write_policy  # noqa: E402
 from tests.gateway_proc import GatewayProcess  # noqa: E402
+from tests.test_http_framing import exchange as framing_exchange  # noqa: E402
 from tests.stubs.openai_stub import OpenAIStub, StubControl  # noqa: E402
 
 KEY = "sk-bench-framing"
@@ -86,26 +87,15 @@ KINDS = ["valid_length", "valid_chunked", "length_cut_short", "chunked_cut_short
 
 
 def exchange(port: int, data: bytes, half_close: bool, timeout: float) -> tuple[bytes, float, bool]:
+    """The test suite's raw-socket exchange, timed, with a hang recorded instead of raised."""
     started = time.monotonic()
     reply, hung = b"", False
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-            if half_close:
-                sock.shutdown(socket.SHUT_WR)
-            while True:
-                part = sock.recv(65536)
-                if not part:
-                    break
-                reply += part
-                head, _, rest = reply.partition(b"\r\n\r\n")
-                length = [line for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:")]
-                if length and len(rest) >= int(length[0].split(b":")[1]):
-                    break
-        except socket.timeout:
-            hung = True
-        except (ConnectionResetError, BrokenPipeError):
-            pass
+    try:
+        reply = framing_exchange(port, data, half_close, timeout)
+    except socket.timeout:
+        hung = True
+    except (ConnectionResetError, BrokenPipeError):
+        pass
     return reply, time.monotonic() - started, hung
 
 

@@ -53,9 +53,10 @@ def gw(request, tmp_path_factory, _module_stub):
         yield proc
 
 
-def exchange(port: int, data: bytes, half_close: bool) -> bytes:
-    """Send `data`, optionally shut our sending side, and read until the reply is complete or closed."""
-    with socket.create_connection(("127.0.0.1", port), timeout=READ_TIMEOUT + 5) as sock:
+def exchange(port: int, data: bytes, half_close: bool, timeout: float = READ_TIMEOUT + 5) -> bytes:
+    """Send `data`, optionally shut our sending side, and read until the reply is complete or closed
+    (`socket.timeout` when nothing ends it: a hang). bench/framing_fuzz.py uses it too."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         sock.sendall(data)
         if half_close:
             sock.shutdown(socket.SHUT_WR)

@@ -92,6 +92,11 @@ def _turns(record: dict) -> list[tuple[str, str]]:
     return out
 
 
+def _turn_at(cid: str, turns: list[tuple[str, str]], index: int, max_history: int = 6) -> Turn:
+    """The user turn at `index` of a conversation, keyed `<id>#<index>`, with what came before it."""
+    return Turn(f"{cid}#{index}", turns[index][1].strip(), tuple(turns[max(0, index - max_history):index]))
+
+
 def first_turns(records: Iterator[dict]) -> Iterator[Turn]:
     """The opening user turn of each conversation that starts at its beginning (`_0` parts), de-duplicated."""
     seen: set[str] = set()
@@ -115,9 +120,8 @@ def later_turns(records: Iterator[dict], *, max_history: int = 6) -> Iterator[Tu
         if not cid.endswith("_0") or len(users) < 2 or users[0] != 0:
             continue
         index = users[1]
-        text = turns[index][1]
-        if fits(text):
-            yield Turn(f"{cid}#{index}", text.strip(), tuple(turns[max(0, index - max_history):index]))
+        if fits(turns[index][1]):
+            yield _turn_at(cid, turns, index, max_history)
 
 
 def lookup(keys: set[str], path: Path | None = None) -> dict[str, Turn]:
@@ -133,7 +137,7 @@ def lookup(keys: set[str], path: Path | None = None) -> dict[str, Turn]:
         for index in wanted.get(cid, ()):
             turns = _turns(record)
             if index < len(turns) and turns[index][0] == "user":
-                found[f"{cid}#{index}"] = Turn(f"{cid}#{index}", turns[index][1].strip(), tuple(turns[max(0, index - 6):index]))
+                found[f"{cid}#{index}"] = _turn_at(cid, turns, index)
     return found
 
 
