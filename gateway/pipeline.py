@@ -155,6 +155,8 @@ class Gateway:
                 call.model, call.plan = plan.model, plan
                 admitted = admit(inbound, plan.model_spec, runtime.policy.limits)
                 plan.candidates = fitting(plan.candidates, admitted.prompt_tokens)
+                if plan.pin_due and plan.candidates:  # kept in the background, while the upstream answers
+                    self.accounting.later(self.sticky.served(plan, plan.candidates[0].name))
         except GatewayError as exc:
             raise self._reject(call, exc, "model_not_found" if exc.code == "model_not_found" else "admission") from None
         self._plan_headers(call, plan)

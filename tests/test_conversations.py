@@ -126,7 +126,9 @@ def test_hold_keeps_escalates_and_never_changes_inside_a_tool_loop():
     async def run(body):
         turns = turns_of(Api.MESSAGES, body)
         fresh = await router.plan("auto", PRINCIPAL, {"messages": []}, {}, 20_000, Api.MESSAGES, turns)
-        return await sticky.hold(router, fresh, turns, "acme", Api.MESSAGES)
+        held = await sticky.hold(router, fresh, turns, "acme", Api.MESSAGES)
+        await sticky.served(held, held.candidates[0].name)  # as the pipeline does, in the background
+        return held
 
     start = shapes.claude_code_start(HARD_ASK)
     first = asyncio.run(run(start))
@@ -159,7 +161,9 @@ def test_failover_moves_the_conversation_and_sticky_false_turns_it_off():
     async def run(router, body):
         turns = turns_of(Api.CHAT, body)
         fresh = await router.plan("auto", PRINCIPAL, body, {}, 100, Api.CHAT, turns)
-        return await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
+        held = await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
+        await sticky.served(held, held.candidates[0].name)  # as the pipeline does, in the background
+        return held
 
     body = {"messages": [{"role": "user", "content": HARD_ASK}]}
     first = asyncio.run(run(router, body))
@@ -198,7 +202,9 @@ def test_keys_and_expiry():
     async def run(body):
         turns = turns_of(Api.CHAT, body)
         fresh = await router.plan("auto", PRINCIPAL, body, {}, 100, Api.CHAT, turns)
-        return await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
+        held = await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
+        await sticky.served(held, held.candidates[0].name)  # as the pipeline does, in the background
+        return held
 
     body = {"messages": [{"role": "user", "content": HARD_ASK}]}
     asyncio.run(run(body))
@@ -208,3 +214,26 @@ def test_keys_and_expiry():
     now[0] += 61  # past the TTL: the conversation is decided afresh (and the easy turn goes cheap)
     again = asyncio.run(run(body))
     assert again.sticky == "new" and again.candidates[0].name == "cheap"
+
+
+def test_hold_writes_nothing_served_keeps_the_decision():
+    """`hold` writes nothing (no store round trip on the request path); `served`, which the
+    pipeline runs in the background, keeps the decision."""
+    router = _router()
+    store = MemoryStore()
+    sticky = Stickiness(store, ttl=lambda: 60.0)
+
+    async def hold(body):
+        turns = turns_of(Api.CHAT, body)
+        fresh = await router.plan("auto", PRINCIPAL, body, {}, 100, Api.CHAT, turns)
+        return await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
+
+    opening = {"messages": [{"role": "user", "content": HARD_ASK + " (unanswered)"}]}
+    first = asyncio.run(hold(opening))
+    assert first.sticky == "new" and first.pin_due and asyncio.run(store.get(first.thread)) is None
+    later = {"messages": opening["messages"] + [{"role": "assistant", "content": "ok"},
+                                               {"role": "user", "content": "thanks!"}]}
+    assert asyncio.run(hold(later)).sticky == "new"  # nothing was kept: decided afresh
+    asyncio.run(sticky.served(first, first.candidates[0].name))
+    kept = asyncio.run(hold(later))
+    assert kept.sticky == "kept" and not kept.pin_due and kept.candidates[0].name == first.candidates[0].name

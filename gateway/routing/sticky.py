@@ -104,14 +104,16 @@ class Stickiness:
         held = router.hold(plan, pin, turns.tool_loop, api)
         held.thread = key
         stale = pin is not None and self.clock() - pin.ts > self.ttl() / 2
-        if held.sticky != "kept" or stale:
-            await self._keep(key, held.route_name or "", held.candidates[0].name)
+        held.pin_due = held.sticky != "kept" or stale  # the caller keeps it with `served`, in the background
         return held
 
     async def served(self, plan: Plan, target: str | None) -> None:
-        """After an answer: when a failover had another target answer, the conversation moves there."""
-        if target is not None and moved(plan, target):
-            await self._keep(plan.thread or "", plan.route_name or "", target)
+        """Keeps a new or aging decision for `target` (the pipeline runs it in the background as
+        soon as the candidates are known, so the write costs the request nothing and lands long
+        before the answer a next turn depends on), and moves the conversation to whichever target
+        answered when a failover had another one answer."""
+        if target is not None and plan.thread is not None and (plan.pin_due or moved(plan, target)):
+            await self._keep(plan.thread, plan.route_name or "", target)
 
 
 class NoStickiness:
