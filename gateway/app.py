@@ -137,14 +137,14 @@ async def _publish_state(gateway: Gateway, breakers: Breakers, telemetry: Teleme
 async def _store_readiness(health, fail_mode: str) -> dict[str, dict]:
     """What requests get from the shared store, as readiness reports it.
 
-    One bounded probe (every master of a Cluster; a hung store must not hang the check). A probe
-    that fails opens the outage for requests too (they then fail fast instead of each timing out),
-    so readiness and requests agree. It never closes an outage: only the background recovery loop
-    does, so one lucky answer cannot flip the store up and down. Fail-closed serves nothing while
-    the store is down (not ready); fail-open serves from a local share (ready, degraded).
+    Bounded probes (every master of a Cluster; a hung store must not hang the check): when two in
+    a row go unanswered the outage opens for requests too (they then fail fast instead of each
+    timing out), so readiness and requests agree (`StoreHealth.check`). It never closes an
+    outage: only the background recovery loop does, so one lucky answer cannot flip the store up
+    and down. Fail-closed serves nothing while the store is down (not ready); fail-open serves
+    from a local share (ready, degraded).
     """
-    if not await health.probe():
-        health.mark_down(ConnectionError("readiness probe: no answer"))
+    await health.check()
     down = health.down
     tolerated = fail_mode == "open"
     detail = "redis: no answer" if down else "redis"

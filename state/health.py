@@ -60,6 +60,18 @@ class StoreHealth:
         except Exception:
             return False
 
+    async def check(self, tries: int = 2) -> bool:
+        """Readiness: True if any of `tries` probes in a row answers; when none does the store is
+        marked down (requests fail fast too). One missed probe is not an outage: a loop stalled
+        for half a second, or one dropped packet, must not refuse traffic for a recovery period;
+        a dead store refuses connections at once, so asking twice costs nothing there. Never
+        closes an outage: only the recovery loop does, so one lucky answer cannot flap it."""
+        for _ in range(max(1, tries)):
+            if await self.probe():
+                return True
+        self.mark_down(ConnectionError(f"{tries} probes in a row: no answer"))
+        return False
+
     async def confirm(self, cause: BaseException) -> bool:
         """After a timeout: True if the store answers a probe now (the timeout was ours), else
         marks it down and answers False. Concurrent callers share one probe."""
@@ -130,6 +142,9 @@ class UntrackedHealth:
         return True
 
     async def probe(self) -> bool:
+        return True
+
+    async def check(self, tries: int = 2) -> bool:
         return True
 
     async def aclose(self) -> None:

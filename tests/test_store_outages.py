@@ -8,6 +8,7 @@ plain server. Loops are bounded by deadlines.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -84,6 +85,28 @@ async def test_cluster_health_probe_asks_every_master():
     finally:
         await state.aclose()
         c.stop()
+
+
+async def test_one_missed_readiness_probe_is_not_an_outage():
+    # A store that misses one probe (frozen for a moment) and answers the next stays up; one that
+    # answers neither is marked down (and requests then fail fast too).
+    server = RedisServer()
+    state = SharedState.connect(RedisConfig(url=server.url, timeout=0.5), "t:")
+    try:
+        assert await state.start()
+        state.health.probe_timeout = 0.3
+        server.pause()
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.4, server.resume)  # back during the second probe
+        assert await state.health.check() and not state.health.down
+        server.pause()
+        try:
+            assert not await state.health.check() and state.health.down
+        finally:
+            server.resume()
+    finally:
+        await state.aclose()
+        server.stop()
 
 
 def test_cluster_master_killed_readiness_follows_requests_without_flapping(tmp_path, upstream, cluster):
