@@ -299,7 +299,8 @@ class Gateway:
             self.accounting.later(record_decision(
                 self.decisions, request_id=call.request_id, tenant=call.tenant, difficulty=plan.difficulty,
                 route=plan.route_name, target=record.target, prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens, cost_usd=cost, sticky=plan.sticky))
+                completion_tokens=usage.completion_tokens, cost_usd=cost, sticky=plan.sticky,
+                cached_tokens=usage.cached_tokens))
             if candidate is not None:
                 frontier = self.runtime.router.frontier_pricing
                 self.telemetry.routing_saved(call.tenant, plan.route_name, avoided(

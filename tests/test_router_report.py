@@ -97,3 +97,24 @@ def test_report_cli_over_an_export(tmp_path, model):
     assert json.loads(done.stdout)["tenants"]["acme"]["total"]["saved_usd"] == pytest.approx(0.021495)
     bad = subprocess.run([*cli, "--frontier", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no target 'nope'" in bad.stderr
+
+
+def test_cached_tokens_are_priced_as_the_live_savings_metric_prices_them(model):
+    from gateway.routing.decisions import decision_row
+    from gateway.routing.savings import avoided
+
+    policy = parse_policy(POLICY.replace("pricing: {input: 3.0, output: 15.0}",
+                                         "pricing: {input: 3.0, output: 15.0, cached_input: 0.3}"))
+    rows = [decision_row(request_id="c1", tenant="acme", difficulty=None, route="auto-easy", target="cheap",
+                         prompt_tokens=10_000, completion_tokens=100, cost_usd=0.0004, cached_tokens=8_000),
+            # a failover to a pricier target than the frontier's price for it: saved nothing, not less
+            decision_row(request_id="c2", tenant="acme", difficulty=None, route="auto-hard", target="frontier",
+                         prompt_tokens=1_000, completion_tokens=0, cost_usd=0.01)]
+    assert rows[0]["cached_tokens"] == 8_000 and "cached_tokens" not in rows[1]
+    total = build(rows, policy, model)["tenants"]["acme"]["total"]
+    # by hand: 2,000 uncached at 3.0 + 8,000 cached at 0.3 + 100 out at 15.0 = 0.006 + 0.0024 + 0.0015
+    assert total["all_frontier_usd"] == pytest.approx(0.0099 + 0.003)
+    top = policy.targets["frontier"].effective_pricing()
+    live = sum(avoided(top, r["prompt_tokens"], r["completion_tokens"], r.get("cached_tokens", 0), r["cost_usd"])
+               for r in rows)
+    assert total["saved_usd"] == pytest.approx(live) == pytest.approx(0.0099 - 0.0004)

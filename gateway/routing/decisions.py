@@ -40,7 +40,7 @@ def decode_vector(text: str) -> list[float]:
 
 def decision_row(*, request_id: str, tenant: str, difficulty: Any, route: str | None, target: str | None,
                  prompt_tokens: int, completion_tokens: int, cost_usd: float, sticky: str = "",
-                 now: float | None = None) -> dict:
+                 cached_tokens: int = 0, now: float | None = None) -> dict:
     """The JSON-able record of one settled request (difficulty: a `gateway.routing.scorer.Difficulty`;
     sticky: how the conversation's decision was used, see `gateway.router.Plan.sticky`)."""
     row: dict[str, Any] = {
@@ -48,6 +48,8 @@ def decision_row(*, request_id: str, tenant: str, difficulty: Any, route: str | 
         "route": route, "target": target, "prompt_tokens": int(prompt_tokens),
         "completion_tokens": int(completion_tokens), "cost_usd": round(float(cost_usd), 8),
     }
+    if cached_tokens:  # priced at the cached rate, by the live savings metric and the report alike
+        row["cached_tokens"] = int(cached_tokens)
     if sticky:
         row["sticky"] = sticky
     if difficulty is not None:
@@ -186,7 +188,7 @@ async def record_decision(store: DecisionStore | None, **fields: Any) -> None:
     """Record one settled request; never raises (losing an analysis row must not fail a request).
 
     Fields: request_id, tenant, difficulty (Difficulty | None), route, target, prompt_tokens,
-    completion_tokens, cost_usd — see `decision_row`.
+    completion_tokens, cost_usd, cached_tokens, sticky — see `decision_row`.
     """
     if store is None:
         return

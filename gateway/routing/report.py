@@ -6,7 +6,8 @@ Per tenant and route:
 
 * the share of requests and of tokens (prompt + completion) each tier (target) served;
 * what they cost against sending all of them to the frontier (`savings.frontier_target`) at the
-  policy's prices, and the share saved;
+  policy's prices (cached prompt tokens at the cached rate), and the share saved: per request
+  `savings.avoided`, the same sum the live `gateway_routing_saved_usd_total` counts;
 * for each hard_recall setting (0.90 / 0.95 / 0.99), what the frontier share and cost would have
   been: the threshold that setting derives on the model's calibration split, applied to the
   recorded scores (hard to the frontier, the rest to the cheap tier, `savings.cheap_target`);
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.routing.model import LearnedModel
-from gateway.routing.savings import cheap_target, frontier_target
+from gateway.routing.savings import avoided, cheap_target, frontier_target
 from policies.schema import Policy, Pricing
 
 RECALLS = (0.90, 0.95, 0.99)
@@ -51,6 +52,7 @@ class Tally:
     tokens: int = 0
     cost: float = 0.0
     frontier_cost: float = 0.0
+    saved: float = 0.0  # per request never below zero, as the live metric counts it
     by_tier: dict[str, list[int]] = field(default_factory=lambda: defaultdict(lambda: [0, 0]))  # requests, tokens
     labelled_hard: int = 0
     hard_to_frontier: int = 0
@@ -67,8 +69,8 @@ class Tally:
                              "tokens": t, "token_share": share(t, self.tokens)}
                       for tier, (n, t) in sorted(self.by_tier.items())},
             "cost_usd": round(self.cost, 6), "all_frontier_usd": round(self.frontier_cost, 6),
-            "saved_usd": round(self.frontier_cost - self.cost, 6),
-            "saved_share": share(self.frontier_cost - self.cost, self.frontier_cost),
+            "saved_usd": round(self.saved, 6),
+            "saved_share": share(self.saved, self.frontier_cost),
             "frontier": frontier,
         }
         if self.labelled_hard:
@@ -118,15 +120,17 @@ def build(rows: Iterable[dict[str, Any]], policy: Policy, model: LearnedModel, *
             continue
         tenant, route = str(row.get("tenant") or "-"), str(row.get("route") or "-")
         prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
-        at_frontier = top.cost(prompt, completion)
+        cached, cost = int(row.get("cached_tokens") or 0), float(row.get("cost_usd") or 0.0)
+        at_frontier = top.cost(prompt, completion, cached)
         verdict = labelled_hard(row)
         cuts = thresholds.of(row.get("scorer")) if isinstance(row.get("score"), (int, float)) else None
         other_model += cuts is None
         for tally in (groups[(tenant, route)], groups[(tenant, "*")]):
             tally.requests += 1
             tally.tokens += prompt + completion
-            tally.cost += float(row.get("cost_usd") or 0.0)
+            tally.cost += cost
             tally.frontier_cost += at_frontier
+            tally.saved += avoided(top, prompt, completion, cached, cost)
             tier = tally.by_tier[str(target)]
             tier[0] += 1
             tier[1] += prompt + completion
@@ -138,7 +142,7 @@ def build(rows: Iterable[dict[str, Any]], policy: Policy, model: LearnedModel, *
                 entry = tally.what_if[recall]
                 entry[0] += 1
                 entry[1] += hard
-                entry[2] += at_frontier if hard else low.cost(prompt, completion)
+                entry[2] += at_frontier if hard else low.cost(prompt, completion, cached)
                 entry[3] += bool(hard and verdict)
     tenants: dict[str, Any] = {}
     for (tenant, route), tally in sorted(groups.items()):
