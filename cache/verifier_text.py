@@ -54,6 +54,19 @@ _PRE = tuple(
         (r"£", " pound "),
         (r"(\d),(\d{3})\b", r"\1\2"),
         (r"\b([A-Za-z]+)-free\b", r"no \1"),  # "gluten-free": without gluten
+        # ... also written apart, for the words that take it ("gluten free", not "feel free")
+        (r"\b(gluten|sugar|dairy|lactose|caffeine|alcohol|fat|nut|soy|egg|meat|wheat|grain|tax|duty|toll|rent|"
+         r"interest|fee|commission|risk|cruelty|visa|smoke|debt|royalty|hands|error|bug)\s+free\b", r"no \1"),
+        (r"\bor\s+not\s*(?=[?.!]*\s*$)", ""),  # "does X answer to Y or not?": the same yes/no question
+        # clock times written differently are one time: "9am" / "9 a.m." / "09:00" / "9 am"
+        (r"\b(\d{1,2})\s*([ap])\.?\s?m\b\.?", r"\1 \2m"),
+        (r"\b0?(\d{1,2}):00\b", r"\1"),
+        # a number glued to its unit ("110V", "5kg", "8min") reads as number + unit ("110 volt");
+        # ordinals ("5th") are left whole
+        (r"\b(\d+(?:\.\d+)?)(?!st\b|nd\b|rd\b|th\b)([A-Za-z]{1,3})\b", r"\1 \2"),
+        (r"(?<=\d )v\b", "volt"),
+        # a lone "m" after a number or a conversion word is metres ("3 m in feet", "feet to m")
+        (r"(?<=\d )m\b|(?<=\b(?:in|to) )m\b(?=\s*[?.!]*\s*$)", "meter"),
     )
 )
 _SENTENCE_END = frozenset(".!?:;\n\"'(")
@@ -124,6 +137,7 @@ def _how(follow: str) -> str:
 
 
 _ONE_PRONOUN = frozenset("which each this that the every any no another other".split())
+_OPERATORS = frozenset("plus minus times by over than and to from into is equals x divided multiplied add subtract".split())
 _AUXILIARIES = frozenset("is are was were do does did can could should would will shall may might must has have had "
                          "am".split())
 
@@ -132,11 +146,24 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
+def _pronoun_one(tokens: list[str], i: int) -> bool:
+    """"which one", "the one", "one of them", "a friendly one" (last word): a pronoun, not a count;
+    but "five minus one", "one of 6" after or before an operand stay numbers."""
+    prev = tokens[i - 1] if i > 0 else ""
+    follow = tokens[i + 1] if i + 1 < len(tokens) else ""
+    if prev in _ONE_PRONOUN:
+        return True
+    operand = prev in _OPERATORS or _DIGITS.match(prev) is not None or prev in _UNITS or prev in _TENS
+    if follow == "of":
+        return not operand and not (i + 2 < len(tokens) and _DIGITS.match(tokens[i + 2]))
+    return follow == "" and not operand
+
+
 def _word_number(tokens: list[str], i: int) -> tuple[str | None, int]:
     """A number written in words starting at tokens[i] ("twenty five", "one hundred and two")."""
     word = tokens[i]
-    if word == "one" and i > 0 and tokens[i - 1] in _ONE_PRONOUN:
-        return None, i  # "which one", "the one": a pronoun
+    if word == "one" and _pronoun_one(tokens, i):
+        return None, i
     if word in _ORDINALS:
         return f"#{_ORDINALS[word]}", i + 1
     if word in _EXTRA_NUMBERS:
@@ -178,6 +205,11 @@ _QUOTED = re.compile(r"\"[^\"]*\"|“[^”]*”|(?<![A-Za-z0-9])'[^']*'(?![A-Za-
 
 def _quoted(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _QUOTED.finditer(text)]
+
+
+def _negative(text: str, start: int) -> bool:
+    """A minus sign right before the digits, not between two operands ("-17", "(-3)", not "3-5")."""
+    return start > 0 and text[start - 1] in "-−" and (start < 2 or text[start - 2] in " \t(=,[")
 
 
 def _initial(text: str, start: int) -> bool:
@@ -232,7 +264,8 @@ def analyse(text: str) -> Profile:
             continue
         digit = _DIGIT_ORDINAL.match(word)
         if digit or _DIGITS.match(word):
-            numbers.append(f"#{int(digit.group(1))}" if digit else _number(float(word)))
+            sign = "-" if _negative(text, matches[i].start()) else ""
+            numbers.append(f"#{int(digit.group(1))}" if digit else sign + _number(float(word)))
             sequence.append("n:" + numbers[-1])
             i += 1
             continue

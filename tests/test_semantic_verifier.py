@@ -287,3 +287,39 @@ def test_alignment_looks_at_the_head_of_long_requests_only_other_features_at_all
     assert features["content_diff"] == 2 and features["content_substituted"] == 1
     short = dict(zip(FEATURES, pair_features(analyse("bake bread now"), analyse("bake cake now"), 0.9)))
     assert short["aligned_substituted"] == 1
+
+
+# Written forms one request may use where another uses a different one (found on the blind
+# development pairs, `dev3_pairs.txt`): each pair asks the same thing, and the hard rules must
+# not refuse it. The near misses beside them must still be refused.
+SAME_FORMS = [
+    ("9 a.m. London time: what time is it in Tokyo?", "London 9am = what time in Tokyo?"),
+    ("Cron expression to run a job at 3 am on day 5 of every month",
+     "Cron expression to run a job at 03:00 on day 5 of every month"),
+    ("Can I plug a 110V hair dryer into a 220V outlet?", "Can I plug a 110-volt hair dryer into a 220-volt outlet?"),
+    ("Which flours are gluten-free?", "Which flours are gluten free?"),
+    ("Does the CEO report to the board?", "Does the CEO report to the board or not?"),
+    ("Was Haydn one of Beethoven's teachers?", "Was Haydn among Beethoven's teachers?"),
+    ("Why is HDL the good cholesterol and LDL the bad one?", "Why is HDL the good cholesterol and LDL the bad?"),
+]
+FORM_NEAR_MISSES = [
+    ("What is 17 mod 5?", "What is -17 mod 5?", "numbers"),
+    ("3 m in feet", "3 ft in m", "direction"),
+    ("What is five minus one?", "What is five minus two?", "numbers"),
+    ("Flights at 9 am from Boston", "Flights at 9 pm from Boston", None),
+]
+
+
+@pytest.mark.parametrize(("cached", "query"), SAME_FORMS)
+def test_written_forms_of_one_request_are_not_refused_by_a_rule(cached, query):
+    from cache.verifier import refusal
+
+    assert refusal(analyse(cached), analyse(query)) is None
+
+
+@pytest.mark.parametrize(("cached", "query", "rule"), FORM_NEAR_MISSES)
+def test_signs_units_and_counts_still_tell_near_misses_apart(cached, query, rule):
+    verdict = get_verifier().check(cached, query, 0.97)
+    assert not verdict.agrees, verdict
+    if rule is not None:
+        assert verdict.reason.split(":")[0] == rule, verdict
