@@ -323,3 +323,12 @@ def test_signs_units_and_counts_still_tell_near_misses_apart(cached, query, rule
     assert not verdict.agrees, verdict
     if rule is not None:
         assert verdict.reason.split(":")[0] == rule, verdict
+
+
+def test_the_blind_pair_set_loads_with_its_recorded_split():
+    from cache.verifier_pairs import DATA_DIR
+
+    dev, held = (load_pairs(DATA_DIR / name) for name in ("dev3_pairs.txt", "holdout3_pairs.txt"))
+    assert (len(dev), sum(p.same for p in dev)) == (513, 196)
+    assert (len(held), sum(p.same for p in held)) == (925, 352)
+    assert not {p.a for p in dev} & {p.a for p in held}  # no base question on both sides of the split
