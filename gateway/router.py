@@ -60,7 +60,7 @@ class Plan:
     # Per conversation (gateway/routing/sticky.py): "" (not sticky), "new", "kept", "escalated".
     sticky: str = ""
     thread: str | None = None  # the conversation's sticky key, once the decision is kept
-    pin_due: bool = False  # the decision is new (or its pin ages): written once the answer is in
+    pin_due: bool = False  # the decision is new (or its pin ages): kept in the background (`Stickiness.served`)
 
     @property
     def route(self) -> str:

@@ -122,6 +122,7 @@ def build(rows: Iterable[dict[str, Any]], policy: Policy, model: LearnedModel, *
         prompt, completion = int(row.get("prompt_tokens") or 0), int(row.get("completion_tokens") or 0)
         cached, cost = int(row.get("cached_tokens") or 0), float(row.get("cost_usd") or 0.0)
         at_frontier = top.cost(prompt, completion, cached)
+        saved = avoided(top, prompt, completion, cached, cost)
         verdict = labelled_hard(row)
         cuts = thresholds.of(row.get("scorer")) if isinstance(row.get("score"), (int, float)) else None
         other_model += cuts is None
@@ -130,7 +131,7 @@ def build(rows: Iterable[dict[str, Any]], policy: Policy, model: LearnedModel, *
             tally.tokens += prompt + completion
             tally.cost += cost
             tally.frontier_cost += at_frontier
-            tally.saved += avoided(top, prompt, completion, cached, cost)
+            tally.saved += saved
             tier = tally.by_tier[str(target)]
             tier[0] += 1
             tier[1] += prompt + completion
