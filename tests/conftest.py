@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.gateway_proc import GatewayProcess
+from tests.stubs.anthropic_stub import AnthropicStub
 from tests.stubs.openai_stub import OpenAIStub, StubControl
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,6 +24,13 @@ def write_policy(directory: Path, text: str, name: str = "policy.yaml") -> Path:
 @pytest.fixture(scope="module")
 def _module_stub():
     with OpenAIStub(StubControl(api_key="sk-upstream")) as stub:
+        yield stub
+
+
+@pytest.fixture(scope="module")
+def claude_stub(request):
+    """An Anthropic Messages stub for the module, checking the module's own `ANTHROPIC_KEY`."""
+    with AnthropicStub(api_key=request.module.ANTHROPIC_KEY) as stub:
         yield stub
 
 

@@ -23,7 +23,6 @@ from protocols.translate import Hints
 from providers.base import Health
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess
-from tests.stubs.anthropic_stub import AnthropicStub
 
 FIXTURES = Path(__file__).parent / "fixtures" / "agents"
 CLAUDE_CODE = json.loads((FIXTURES / "claude-code-2.1.337-messages.json").read_text())
@@ -232,12 +231,6 @@ POLICY = """
     retry: {{attempts: 1}}
     limits: {{max_body_bytes: 8388608, max_prompt_tokens: 400000, max_tokens: 200000}}
 """
-
-
-@pytest.fixture(scope="module")
-def claude_stub():
-    with AnthropicStub(api_key=ANTHROPIC_KEY) as stub:
-        yield stub
 
 
 @pytest.fixture(scope="module")

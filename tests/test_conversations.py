@@ -56,6 +56,19 @@ def _router(text: str = POLICY) -> Router:
 PRINCIPAL = Principal("acme", TenantSpec(), "")
 
 
+async def _decide(router: Router, sticky: Stickiness, api: Api, body: dict, *, answered: bool = True,
+                  conversation: dict | None = None, prompt_tokens: int = 100):
+    """One request's routing as the pipeline runs it: plan, hold the conversation's decision, and
+    (answered) keep it with `served`, as the pipeline does in the background."""
+    turns = turns_of(api, body)
+    fresh = await router.plan("auto", PRINCIPAL, body if conversation is None else conversation, {}, prompt_tokens,
+                              api, turns)
+    held = await sticky.hold(router, fresh, turns, "acme", api)
+    if answered:
+        await sticky.served(held, held.candidates[0].name)
+    return held
+
+
 def test_claude_code_turns_read_the_ask_not_the_agent_around_it():
     start = shapes.claude_code_start(EASY_ASK)
     first = turns_of(Api.MESSAGES, start)
@@ -123,12 +136,8 @@ def test_hold_keeps_escalates_and_never_changes_inside_a_tool_loop():
     store = MemoryStore()
     sticky = Stickiness(store, ttl=lambda: 60.0)
 
-    async def run(body):
-        turns = turns_of(Api.MESSAGES, body)
-        fresh = await router.plan("auto", PRINCIPAL, {"messages": []}, {}, 20_000, Api.MESSAGES, turns)
-        held = await sticky.hold(router, fresh, turns, "acme", Api.MESSAGES)
-        await sticky.served(held, held.candidates[0].name)  # as the pipeline does, in the background
-        return held
+    def run(body):
+        return _decide(router, sticky, Api.MESSAGES, body, conversation={"messages": []}, prompt_tokens=20_000)
 
     start = shapes.claude_code_start(HARD_ASK)
     first = asyncio.run(run(start))
@@ -158,12 +167,8 @@ def test_failover_moves_the_conversation_and_sticky_false_turns_it_off():
     router = _router()
     sticky = Stickiness(MemoryStore(), ttl=lambda: 60.0)
 
-    async def run(router, body):
-        turns = turns_of(Api.CHAT, body)
-        fresh = await router.plan("auto", PRINCIPAL, body, {}, 100, Api.CHAT, turns)
-        held = await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
-        await sticky.served(held, held.candidates[0].name)  # as the pipeline does, in the background
-        return held
+    def run(router, body):
+        return _decide(router, sticky, Api.CHAT, body)
 
     body = {"messages": [{"role": "user", "content": HARD_ASK}]}
     first = asyncio.run(run(router, body))
@@ -199,12 +204,8 @@ def test_keys_and_expiry():
     sticky = Stickiness(store, ttl=lambda: 60.0, clock=lambda: now[0])
     router = _router()
 
-    async def run(body):
-        turns = turns_of(Api.CHAT, body)
-        fresh = await router.plan("auto", PRINCIPAL, body, {}, 100, Api.CHAT, turns)
-        held = await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
-        await sticky.served(held, held.candidates[0].name)  # as the pipeline does, in the background
-        return held
+    def run(body):
+        return _decide(router, sticky, Api.CHAT, body)
 
     body = {"messages": [{"role": "user", "content": HARD_ASK}]}
     asyncio.run(run(body))
@@ -223,10 +224,8 @@ def test_hold_writes_nothing_served_keeps_the_decision():
     store = MemoryStore()
     sticky = Stickiness(store, ttl=lambda: 60.0)
 
-    async def hold(body):
-        turns = turns_of(Api.CHAT, body)
-        fresh = await router.plan("auto", PRINCIPAL, body, {}, 100, Api.CHAT, turns)
-        return await sticky.hold(router, fresh, turns, "acme", Api.CHAT)
+    def hold(body):
+        return _decide(router, sticky, Api.CHAT, body, answered=False)
 
     opening = {"messages": [{"role": "user", "content": HARD_ASK + " (unanswered)"}]}
     first = asyncio.run(hold(opening))

@@ -15,7 +15,7 @@ import pytest
 from gateway.auth import hash_key
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess
-from tests.stubs.anthropic_stub import AnthropicStub, thinking_signature
+from tests.stubs.anthropic_stub import thinking_signature
 from tests.stubs.openai_stub import free_port
 
 KEY_ENV = "GATEWAY_TEST_ANTHROPIC_KEY"
@@ -77,12 +77,6 @@ POLICY = """
 """
 WEATHER = {"name": "get_weather", "description": "Weather for a city",
            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
-
-
-@pytest.fixture(scope="module")
-def claude_stub():
-    with AnthropicStub(api_key=ANTHROPIC_KEY) as stub:
-        yield stub
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ import pytest
 
 from tests.conftest import write_policy
 from tests.gateway_proc import GatewayProcess
-from tests.stubs.anthropic_stub import AnthropicStub, Reply
+from tests.stubs.anthropic_stub import Reply
 
 ANTHROPIC_KEY = "sk-ant-fidelity"
 POLICY = """
@@ -112,12 +112,6 @@ def assert_nothing_lost(sent: dict[str, Any], received: dict[str, Any], headers:
 
 
 # ---- fixtures --------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def claude_stub():
-    with AnthropicStub(api_key=ANTHROPIC_KEY) as stub:
-        yield stub
-
 
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, claude_stub, _module_stub):
