@@ -447,6 +447,13 @@ def _responses_document(body: dict[str, Any], output: list[dict[str, Any]], cont
     }
 
 
+# Output items whose input streams in deltas: the item's field and the event name it streams under.
+_STREAMED_CALL_FIELD = {
+    "function_call": ("arguments", "response.function_call_arguments"),
+    "custom_tool_call": ("input", "response.custom_tool_call_input"),
+}
+
+
 def _responses_events(document: dict[str, Any]) -> list[dict[str, Any]]:
     """The documented stream for a finished response (without sequence numbers)."""
     skeleton = {**document, "status": "in_progress", "output": [], "usage": None}
@@ -466,22 +473,15 @@ def _responses_events(document: dict[str, Any]) -> list[dict[str, Any]]:
                                "logprobs": []})
             events.append({"type": "response.output_text.done", **where, "text": part["text"], "logprobs": []})
             events.append({"type": "response.content_part.done", **where, "part": part})
-        elif item["type"] == "function_call":
+        elif item["type"] in _STREAMED_CALL_FIELD:  # a call whose input streams in deltas
+            field, event = _STREAMED_CALL_FIELD[item["type"]]
             events.append({"type": "response.output_item.added", "output_index": index,
-                           "item": {**item, "status": "in_progress", "arguments": ""}})
+                           "item": {**item, "status": "in_progress", field: ""}})
             where = {"item_id": item["id"], "output_index": index}
-            args = item["arguments"]
-            for i in range(0, len(args), 8):
-                events.append({"type": "response.function_call_arguments.delta", **where, "delta": args[i:i + 8]})
-            events.append({"type": "response.function_call_arguments.done", **where, "arguments": args})
-        elif item["type"] == "custom_tool_call":
-            events.append({"type": "response.output_item.added", "output_index": index,
-                           "item": {**item, "status": "in_progress", "input": ""}})
-            where = {"item_id": item["id"], "output_index": index}
-            text = item["input"]
+            text = item[field]
             for i in range(0, len(text), 8):
-                events.append({"type": "response.custom_tool_call_input.delta", **where, "delta": text[i:i + 8]})
-            events.append({"type": "response.custom_tool_call_input.done", **where, "input": text})
+                events.append({"type": f"{event}.delta", **where, "delta": text[i:i + 8]})
+            events.append({"type": f"{event}.done", **where, field: text})
         else:
             events.append({"type": "response.output_item.added", "output_index": index, "item": item})
         events.append({"type": "response.output_item.done", "output_index": index, "item": item})
