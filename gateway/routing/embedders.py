@@ -40,9 +40,9 @@ def name_of(kind: str, tokens: int) -> str:
 
 
 def _static(tokens: int) -> Embed:
-    from gateway.routing.static_embed import MAX_TOKENS, StaticEmbedder, shared_static
+    from gateway.routing.static_embed import shared_static
 
-    return shared_static() if tokens == MAX_TOKENS else StaticEmbedder(max_tokens=tokens)
+    return shared_static(tokens)
 
 
 def _minilm(tokens: int, memo: bool) -> Embed:

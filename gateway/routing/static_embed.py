@@ -90,14 +90,14 @@ class StaticEmbedder:
         return out
 
 
-_shared: StaticEmbedder | None = None
+_shared: dict[int, StaticEmbedder] = {}
 _shared_lock = threading.Lock()
 
 
-def shared_static() -> StaticEmbedder:
-    """The process-wide instance (its 45 MB matrix is loaded once, on first use)."""
-    global _shared
+def shared_static(max_tokens: int = MAX_TOKENS) -> StaticEmbedder:
+    """The process-wide instance for a head length (its 45 MB matrix is loaded once, on first use),
+    so a policy reload, which builds a new scorer, does not build a new embedder."""
     with _shared_lock:
-        if _shared is None:
-            _shared = StaticEmbedder()
-        return _shared
+        if max_tokens not in _shared:
+            _shared[max_tokens] = StaticEmbedder(max_tokens=max_tokens)
+        return _shared[max_tokens]
