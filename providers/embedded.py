@@ -120,14 +120,16 @@ class EmbeddedEngineProvider:
             raise self._map(exc) from None
 
     async def count_tokens(self, request: ProviderRequest) -> TokenCount | None:
-        """The served model's own tokenizer over its chat template: what the prompt will cost."""
+        """The served model's own tokenizer over its chat template: what the prompt will cost.
+        Rendered and encoded in a worker thread: a long agent prompt takes milliseconds, which
+        the event loop, serving every other request, must not spend."""
         if request.api is not Api.CHAT:
             return None
         from selfhost_engine.openai_api import prompt_token_count
 
         engine = await self._ready()
         try:
-            return TokenCount(prompt_token_count(engine, request.body), "tokenizer")
+            return TokenCount(await asyncio.to_thread(prompt_token_count, engine, request.body), "tokenizer")
         except Exception as exc:
             raise self._map(exc) from None
 
