@@ -153,17 +153,20 @@ def _transposition(a: Profile, b: Profile) -> tuple[str, ...] | None:
     return None
 
 
+def _joined_symmetrically(between: tuple[str, ...] | None) -> bool:
+    return bool(between) and all(t in _symmetric() for t in between)
+
+
 def symmetric_swap(a: Profile, b: Profile) -> bool:
     """Operands trade places across symmetric joiners only: "Python vs Java" / "Java vs Python"."""
-    between = _transposition(a, b)
-    return bool(between) and all(t in _symmetric() for t in between)
+    return _joined_symmetrically(_transposition(a, b))
 
 
 def transposed(a: Profile, b: Profile) -> bool:
     """The same words (`Profile.core`) with two runs of operands trading places, nothing or
     something other than symmetric joiners between them."""
     between = _transposition(a, b)
-    return between is not None and not symmetric_swap(a, b)
+    return between is not None and not _joined_symmetrically(between)
 
 
 def numbers_reordered(a: Profile, b: Profile) -> bool:
