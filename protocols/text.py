@@ -47,23 +47,6 @@ def last_user_text(messages: Any, *, strict: bool = False) -> str | None:
     return None
 
 
-def conversation_text(messages: Any) -> tuple[str, str, int]:
-    """(all message text, last user message text, number of user/assistant turns)."""
-    texts: list[str] = []
-    last_user = ""
-    turns = 0
-    for message in messages if isinstance(messages, list) else ():
-        if not isinstance(message, Mapping):
-            continue
-        text = text_of(message.get("content")) or ""
-        texts.append(text)
-        role = message.get("role")
-        turns += role in ("user", "assistant")
-        if role == "user":
-            last_user = text
-    return "\n".join(texts), last_user, turns
-
-
 def estimate_tokens(value: Any) -> int:
     """About four characters a token, over every string in a JSON value; images count a flat rate.
 

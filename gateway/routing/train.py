@@ -45,10 +45,6 @@ class Row:
     key: str  # stable id (fold assignment)
 
 
-def prompt_body(text: str) -> dict[str, Any]:
-    return {"messages": [{"role": "user", "content": text}]}
-
-
 def embed_in_batches(texts: Sequence[str], embed: Embed, batch: int = 32) -> np.ndarray:
     parts = [np.asarray(embed(list(texts[i:i + batch])), dtype=np.float32) for i in range(0, len(texts), batch)]
     return np.vstack(parts) if parts else np.zeros((0, 384), dtype=np.float32)
