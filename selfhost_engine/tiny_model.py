@@ -10,12 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
-import uuid
 from pathlib import Path
 
-from .loading import MODEL_LOAD_LOCK
+from .loading import MODEL_LOAD_LOCK, build_once
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"]
 EOS_TOKEN = "<|im_end|>"
@@ -165,24 +162,7 @@ def ensure_tiny_model(cache_dir: str | os.PathLike, name: str = "tiny-llama", **
     Idempotent and safe when several processes race: each builds into its own temporary
     directory next to the target and renames it into place; the loser discards its copy.
     """
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / name
-    marker = target / "TINY_MODEL.json"
-    if marker.exists():
-        return target
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-{uuid.uuid4().hex[:8]}-", dir=cache))
-    try:
-        make_tiny_model(tmp, **size)
-        try:
-            os.rename(tmp, target)  # atomic on POSIX; fails if target exists and is non-empty
-        except OSError:
-            if not marker.exists():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return build_once(Path(cache_dir), name, "TINY_MODEL.json", lambda tmp: make_tiny_model(tmp, **size))
 
 
 def main(argv: list[str] | None = None) -> None:
