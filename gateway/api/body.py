@@ -111,15 +111,24 @@ async def read_guarded(scope: Scope, receive: Receive, ceiling: int, deadline: f
                            headers={"connection": "close"}) from None
 
 
+def raw_headers(extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
+
+
+async def send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    """One whole JSON reply over raw ASGI (the inference endpoints and the body guard write no
+    other kind): it says what served it, `x-gateway-target: none` unless `headers` name a target."""
+    headers = {"x-gateway-target": "none", **headers}
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                            *raw_headers(headers)]})
+    await send({"type": "http.response.body", "body": body})
+
+
 async def send_error(send: Send, api: Api, exc: GatewayError) -> None:
     """The error as JSON in `api`'s shape; a connection already gone drops it (never raises)."""
-    body = exc.body(api)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-               (b"x-gateway-target", b"none"),
-               *((k.encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items())]
     with contextlib.suppress(OSError, RuntimeError):  # servers differ on writes after a hang-up
-        await send({"type": "http.response.start", "status": status_for(api, exc.status), "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
 
 
 def body_guard(app: ASGIApp) -> ASGIApp:

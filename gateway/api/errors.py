@@ -37,9 +37,15 @@ def http_error(_: Request, exc: HTTPException) -> Response:
                  getattr(exc, "headers", None))
 
 
+def internal_error() -> GatewayError:
+    """A bug of ours, in the caller's protocol (an Anthropic SDK must see Anthropic's error shape
+    even then): a plain 500 whose body says nothing about the internals."""
+    return GatewayError(500, "The gateway hit an internal error.", type="server_error", code="internal_error")
+
+
 def unexpected_error(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return _json(500, error_body("The gateway hit an internal error.", type="server_error", code="internal_error"))
+    return gateway_error(request, internal_error())
 
 
 EXCEPTION_HANDLERS = {GatewayError: gateway_error, HTTPException: http_error, Exception: unexpected_error}

@@ -18,26 +18,15 @@ from collections.abc import AsyncIterator
 from litestar import asgi
 from litestar.types import Receive, Scope, Send
 
-from gateway.api.body import BodyCutShort, body_ceiling, read_body
+from gateway.api.body import BodyCutShort, body_ceiling, raw_headers, read_body, send_json
+from gateway.api.errors import internal_error
 from gateway.pipeline import Gateway, Reply
 from protocols.api import Api
 from protocols.errors import GatewayError, body_for, status_for
 
 log = logging.getLogger("gateway")
 
-_JSON = (b"content-type", b"application/json")
 _SSE = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
-
-
-def _headers(extra: dict[str, str]) -> list[tuple[bytes, bytes]]:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
-
-
-async def _send_json(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
-    headers = {"x-gateway-target": "none", **headers}  # every reply says what served it
-    await send({"type": "http.response.start", "status": status,
-                "headers": [_JSON, (b"content-length", str(len(body)).encode()), *_headers(headers)]})
-    await send({"type": "http.response.body", "body": body})
 
 
 async def _cancel_when_gone(receive: Receive, task: asyncio.Task) -> None:
@@ -51,32 +40,26 @@ async def _send_stream(send: Send, reply: Reply) -> None:
     frames: AsyncIterator[bytes] = reply.stream
     # Start the relay before anything can fail: once started, closing it always settles.
     first = await anext(frames)
-    await send({"type": "http.response.start", "status": reply.status, "headers": [*_SSE, *_headers(reply.headers)]})
+    await send({"type": "http.response.start", "status": reply.status, "headers": [*_SSE, *raw_headers(reply.headers)]})
     await send({"type": "http.response.body", "body": first, "more_body": True})
     async for frame in frames:
         await send({"type": "http.response.body", "body": frame, "more_body": True})
     await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def internal_error() -> GatewayError:
-    """A bug of ours, in the caller's protocol (an Anthropic SDK must see Anthropic's error shape
-    even then): a plain 500 whose body says nothing about the internals."""
-    return GatewayError(500, "The gateway hit an internal error.", type="server_error", code="internal_error")
-
-
 async def _respond(send: Send, gateway: Gateway, api: Api, raw: bytes, headers: dict[str, str]) -> None:
     try:
         reply = await gateway.handle(api, raw, headers)
     except GatewayError as exc:
-        await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
+        await send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
         return
     except Exception:
         log.exception("unhandled error on %s", api)
         error = internal_error()
-        await _send_json(send, error.status, error.body(api), {})
+        await send_json(send, error.status, error.body(api), {})
         return
     if reply.stream is None:
-        await _send_json(send, reply.status, reply.body, reply.headers)
+        await send_json(send, reply.status, reply.body, reply.headers)
         return
     try:
         await _send_stream(send, reply)
@@ -89,7 +72,7 @@ def endpoint(path: str, api: Api):
 
     async def handler(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["method"] != "POST":
-            await _send_json(send, 405, body_for(api, 405, "Method not allowed for this path.", code="method_not_allowed"),
+            await send_json(send, 405, body_for(api, 405, "Method not allowed for this path.", code="method_not_allowed"),
                              {"allow": "POST"})
             return
         app = scope["app"]
@@ -98,7 +81,7 @@ def endpoint(path: str, api: Api):
         try:  # the body guard (gateway/api/body.py) has read it whole under the deadline and limits
             raw = await read_body(receive, body_ceiling(app.state))
         except GatewayError as exc:
-            await _send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
+            await send_json(send, status_for(api, exc.status), exc.body(api), exc.headers)
             return
         except BodyCutShort:
             return
