@@ -83,24 +83,24 @@ def chat_name(name: Any, namespace: Any = None) -> str:
     return safe
 
 
-def additional_tools(body: Mapping[str, Any]) -> list[Any]:
-    """The tools declared by `additional_tools` input items, in order."""
+def _input_tools(body: Mapping[str, Any], item_type: str) -> list[Any]:
+    """The tools carried by the input items of `item_type`, in order."""
     items = body.get("input")
     out: list[Any] = []
     for item in items if isinstance(items, list) else ():
-        if isinstance(item, Mapping) and item.get("type") == "additional_tools" and isinstance(item.get("tools"), list):
+        if isinstance(item, Mapping) and item.get("type") == item_type and isinstance(item.get("tools"), list):
             out.extend(item["tools"])
     return out
+
+
+def additional_tools(body: Mapping[str, Any]) -> list[Any]:
+    """The tools declared by `additional_tools` input items, in order."""
+    return _input_tools(body, "additional_tools")
 
 
 def loaded_tools(body: Mapping[str, Any]) -> list[Any]:
     """Tools a client-executed `tool_search_output` item handed to the model."""
-    items = body.get("input")
-    out: list[Any] = []
-    for item in items if isinstance(items, list) else ():
-        if isinstance(item, Mapping) and item.get("type") == "tool_search_output" and isinstance(item.get("tools"), list):
-            out.extend(item["tools"])
-    return out
+    return _input_tools(body, "tool_search_output")
 
 
 def declared(body: Mapping[str, Any]) -> Iterator[tuple[str | None, Any]]:
