@@ -193,10 +193,6 @@ def _custom_function(tool: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
-def custom_tool_names(tools: Any) -> frozenset[str]:
-    return frozenset(t.get("name") for t in tools or [] if isinstance(t, Mapping) and t.get("type") == "custom")
-
-
 def custom_input(arguments: str) -> str:
     """The free-form input of a custom tool call from the chat function's JSON arguments (a model
     that did not answer `{"input": "…"}` has its raw arguments passed on as they are)."""
@@ -509,7 +505,7 @@ class ResponsesToChat:
         with translating("a chat upstream"):
             chat = to_chat(body)
         _report_unread(body)
-        if custom_tool_names(body.get("tools")):
+        if any(route.kind == "custom" for route in responses_tools.current().routes.values()):
             fidelity.mapped("tools.custom")  # free-form input as a function's one string argument
         if not hints.pivot:
             _text_only_tool_messages(chat)

@@ -14,7 +14,7 @@ from litestar.testing import TestClient
 
 from gateway.app import create_app
 from gateway.settings import Settings
-from protocols import responses_chat
+from protocols import responses_chat, translate
 from protocols.anthropic_messages import WIRE as MESSAGES
 from protocols.messages_chat import MessagesToChat
 from protocols.responses_chat import ResponsesToChat
@@ -82,6 +82,15 @@ def test_codex_additional_tools_become_chat_functions_and_calls_come_back_namesp
     body, _ = translator.response(_chat_call("collaboration__send_message", {"target": "a", "message": "hi"}))
     (item,) = msgspec.json.decode(body)["output"]
     assert (item["type"], item["namespace"], item["name"]) == ("function_call", "collaboration", "send_message")
+
+
+def test_a_custom_tool_declared_anywhere_is_named_as_mapped():
+    # Codex declares its code-mode `exec` custom tool in an `additional_tools` item, not in `tools`:
+    # its free-form input still becomes a function's one string argument, and the header says so.
+    report = translate.translation(ResponsesToChat(), CODEX["body"], Hints()).report
+    assert "tools.custom" in report.mapped
+    plain = {"model": "m", "input": "hi", "tools": [{"type": "function", "name": "f", "parameters": {}}]}
+    assert "tools.custom" not in translate.translation(ResponsesToChat(), plain, Hints()).report.mapped
 
 
 def test_tool_choice_names_a_namespaced_tool_as_it_was_declared():
