@@ -76,7 +76,7 @@ class LearnedScorer:
     def threshold(self) -> float | None:
         return self.calibration.threshold if self.calibration is not None else None
 
-    def features(self, text: str, conversation: Conversation = SINGLE) -> tuple[dict[str, float], str]:
+    def features(self, text: str, conversation: Conversation = SINGLE) -> dict[str, float]:
         return self.heuristic.features(text, conversation)
 
     def _embedding(self, text: str) -> np.ndarray | None:
@@ -109,7 +109,7 @@ class LearnedScorer:
     def score(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """Blocking (embeds); async code uses `ascore`. The model uses the features its file
         names (`LearnedModel.features`), of the ask's text and of the conversation."""
-        raw, text = self.features(text, conversation)
+        raw = self.features(text, conversation)
         primary = self._from_parts(raw, self._embedding(text) if text.strip() else None)
         primary.shadow = self.shadow.score(text, conversation) if self.shadow is not None else None
         return primary
@@ -119,7 +119,7 @@ class LearnedScorer:
 
     async def ascore(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """Heuristic features inline; the embedding in a worker thread so the loop keeps serving."""
-        raw, text = self.features(text, conversation)
+        raw = self.features(text, conversation)
         wanted = text.strip() and self._broken is None and self.use_embeddings
         embedding = await asyncio.to_thread(self._embedding, text) if wanted else None
         primary = self._from_parts(raw, embedding)

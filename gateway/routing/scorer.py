@@ -78,19 +78,17 @@ class DifficultyScorer:
         self.knn = knn
         self.knn_weight = knn_weight
 
-    def features(self, text: str, conversation: Conversation = SINGLE) -> tuple[dict[str, float], str]:
-        """Raw feature values in [0, 1] (before weights) and the text kNN should look at."""
-        return raw_features(text, conversation), text
+    def features(self, text: str, conversation: Conversation = SINGLE) -> dict[str, float]:
+        """Raw feature values in [0, 1] (before weights)."""
+        return raw_features(text, conversation)
 
     def _contributions(self, raw: dict[str, float]) -> tuple[float, dict[str, float]]:
         w = self.weights
         contributions = {name: round(getattr(w, name) * raw.get(name, 0.0), 4) for name in FEATURES}
         return min(1.0, max(0.0, w.bias + sum(contributions.values()))), contributions
 
-    def _heuristic(self, text: str, conversation: Conversation) -> tuple[float, dict[str, float], str]:
-        raw, knn_text = self.features(text, conversation)
-        heuristic, contributions = self._contributions(raw)
-        return heuristic, contributions, knn_text
+    def _heuristic(self, text: str, conversation: Conversation) -> tuple[float, dict[str, float]]:
+        return self._contributions(self.features(text, conversation))
 
     def score_raw(self, raw: dict[str, float]) -> Difficulty:
         """The heuristic score of already-extracted raw features (the learned scorer's fallback)."""
@@ -110,19 +108,19 @@ class DifficultyScorer:
         """Blocking when a kNN scorer is configured (embedding); async code uses `ascore`.
 
         `text` is the latest user turn (`protocols/turns.py`), `conversation` what surrounds it."""
-        heuristic, contributions, knn_text = self._heuristic(text, conversation)
-        knn = self.knn.score(knn_text) if self.knn is not None and knn_text.strip() else None
+        heuristic, contributions = self._heuristic(text, conversation)
+        knn = self.knn.score(text) if self.knn is not None and text.strip() else None
         return self._blend(heuristic, contributions, knn)
 
     def score_heuristic(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """The cheap path only (no embedding), whatever the configuration."""
-        heuristic, contributions, _ = self._heuristic(text, conversation)
+        heuristic, contributions = self._heuristic(text, conversation)
         return Difficulty(round(heuristic, 4), contributions)
 
     async def ascore(self, text: str, conversation: Conversation = SINGLE) -> Difficulty:
         """Heuristics inline; the embedding (if any) in a worker thread so the loop keeps serving."""
-        heuristic, contributions, knn_text = self._heuristic(text, conversation)
+        heuristic, contributions = self._heuristic(text, conversation)
         knn = None
-        if self.knn is not None and knn_text.strip():
-            knn = await asyncio.to_thread(self.knn.score, knn_text)
+        if self.knn is not None and text.strip():
+            knn = await asyncio.to_thread(self.knn.score, text)
         return self._blend(heuristic, contributions, knn)

@@ -56,9 +56,8 @@ def featurize(asks: Sequence[tuple[str, Conversation]], embed: Embed) -> tuple[n
     heuristic = DifficultyScorer()
     raws, embed_texts = [], []
     for text, conversation in asks:
-        raw, knn_text = heuristic.features(text, conversation)
-        raws.append(raw)
-        embed_texts.append(embed_input(knn_text))
+        raws.append(heuristic.features(text, conversation))
+        embed_texts.append(embed_input(text))
     return embed_in_batches(embed_texts, embed), raws
 
 
